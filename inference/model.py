@@ -1,0 +1,133 @@
+"""A loaded bundle: its metadata and a verified onnxruntime session, ready to predict.
+
+This is the one runtime interface that the HTTP service and the Spark job share, so their
+answers cannot drift: `load()` once, then `predict()` batches of raw features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from inference import inputs
+from inference.bundle import read_metadata, resolve_bundle_dir, verify_checksum, verify_signature
+from inference.errors import InvalidInputError
+from inference.metadata import BundleMetadata
+from inference.runtime import RuntimeOptions, build_session
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Named outputs for a batch, with the class labels when the model is a classifier."""
+
+    outputs: dict[str, np.ndarray]
+    metadata: BundleMetadata = field(repr=False)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self._by_role("scores")
+
+    @property
+    def class_index(self) -> np.ndarray:
+        return self._by_role("class_index")
+
+    @property
+    def labels(self) -> list[str]:
+        """The predicted class label of each row."""
+        classes = self.metadata.classes or []
+        return [classes[i] for i in self.class_index.tolist()]
+
+    def _by_role(self, role: str) -> np.ndarray:
+        for info in self.metadata.outputs:
+            if info.role == role and info.name in self.outputs:
+                return self.outputs[info.name]
+        raise KeyError(f"this prediction has no {role!r} output; it has {sorted(self.outputs)}")
+
+
+class Model:
+    """A verified bundle with its session; safe to call from many threads at once."""
+
+    def __init__(self, path: Path, metadata: BundleMetadata, session: ort.InferenceSession):
+        self.path = path
+        self.metadata = metadata
+        self.session = session
+        self.input_name = metadata.input.name
+        self.load_seconds = 0.0
+
+    @classmethod
+    def load(
+        cls, path: str | Path, version: int | None = None, options: RuntimeOptions | None = None
+    ) -> Model:
+        """Load a model folder (latest version, or `version`) or a version folder, verified."""
+        start = time.perf_counter()
+        bundle_dir = resolve_bundle_dir(path, version)
+        metadata = read_metadata(bundle_dir)
+        onnx_file = verify_checksum(bundle_dir, metadata)
+        session = build_session(onnx_file, options or RuntimeOptions())
+        verify_signature(session, metadata, onnx_file)
+        model = cls(bundle_dir, metadata, session)
+        model.load_seconds = time.perf_counter() - start
+        return model
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    @property
+    def providers(self) -> list[str]:
+        providers: list[str] = self.session.get_providers()
+        return providers
+
+    def predict(self, features: Any, outputs: Sequence[str] | None = None) -> Prediction:
+        """Predict from a 2-D array-like of raw features, in the signature's feature order."""
+        return self.run(inputs.as_feature_matrix(features, self.metadata.input), outputs)
+
+    def predict_columns(
+        self, columns: Mapping[str, Any], outputs: Sequence[str] | None = None
+    ) -> Prediction:
+        """Predict from named feature columns, e.g. `{"age": [70, 20]}`."""
+        return self.run(inputs.from_columns(columns, self.metadata.input), outputs)
+
+    def predict_records(
+        self, records: Sequence[Mapping[str, Any]], outputs: Sequence[str] | None = None
+    ) -> Prediction:
+        """Predict from one mapping per row, e.g. `[{"age": 70}, {"age": 20}]`."""
+        return self.run(inputs.from_records(records, self.metadata.input), outputs)
+
+    def run(self, matrix: np.ndarray, outputs: Sequence[str] | None = None) -> Prediction:
+        """Run an already validated float32 matrix; `outputs` defaults to the non-layer ones."""
+        names = list(outputs) if outputs is not None else self.metadata.default_outputs
+        known = [o.name for o in self.metadata.outputs]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown output(s) {', '.join(map(repr, unknown))}; this model has: "
+                f"{', '.join(known)}"
+            )
+        values = self.session.run(names, {self.input_name: matrix})
+        return Prediction(dict(zip(names, values, strict=True)), self.metadata)
+
+    def warm_up(self, rows: int = 1) -> None:
+        """Run a dummy batch so the first real request does not pay for lazy initialisation."""
+        n_features = len(self.metadata.feature_names)
+        self.session.run(None, {self.input_name: np.zeros((rows, n_features), np.float32)})
+
+
+def load(
+    path: str | Path, version: int | None = None, options: RuntimeOptions | None = None
+) -> Model:
+    """Shorthand for `Model.load`."""
+    return Model.load(path, version, options)

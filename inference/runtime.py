@@ -1,0 +1,115 @@
+"""Build onnxruntime sessions with explicit providers and threads.
+
+Two onnxruntime defaults hurt in production and are overridden here:
+- `intra_op_num_threads` defaults to the *host's* core count, which oversubscribes a container
+  limited to a few CPUs (or a Spark executor running several tasks). We default to the CPUs this
+  process may really use (affinity and cgroup quota).
+- Asking for CUDA where it cannot load silently falls back to the CPU. We refuse instead, unless
+  the caller allowed the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from inference.errors import BundleError, ProviderUnavailableError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run a bundle. The defaults suit a CPU container."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    """In order of preference: `cpu`, `cuda`, `tensorrt` (or onnxruntime's own names)."""
+    allow_cpu_fallback: bool = False
+    """Run on the CPU when a requested accelerator is unavailable, instead of failing."""
+    intra_op_threads: int | None = None
+    """Threads for one operator; None means the CPUs available to this process."""
+    inter_op_threads: int = 1
+    allow_spinning: bool = True
+    """onnxruntime's worker threads spin between runs: lower latency, more CPU when idle."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the smaller of its affinity set and its cgroup v2 quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def resolve_providers(requested: tuple[str, ...], allow_cpu_fallback: bool) -> list[str]:
+    """Map our provider names to onnxruntime's and check that this install has them."""
+    if not requested:
+        raise ProviderUnavailableError(
+            "no execution provider requested; known: cpu, cuda, tensorrt"
+        )
+    available = ort.get_available_providers()
+    chosen: list[str] = []
+    for name in requested:
+        full = PROVIDERS.get(name.lower(), name)
+        if full not in PROVIDERS.values():
+            raise ProviderUnavailableError(
+                f"unknown execution provider {name!r}; known: {', '.join(PROVIDERS)}"
+            )
+        if full in available:
+            chosen.append(full)
+        elif not allow_cpu_fallback:
+            raise ProviderUnavailableError(
+                f"execution provider {name!r} ({full}) is not available in this onnxruntime "
+                f"install (available: {', '.join(available)}); install the 'gpu' extra, or allow "
+                "the fallback to CPU"
+            )
+        else:
+            log.warning("execution provider %s unavailable; falling back to CPU", full)
+    if PROVIDERS["cpu"] not in chosen:
+        chosen.append(PROVIDERS["cpu"])
+    return chosen
+
+
+def session_options(options: RuntimeOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads or available_cpus()
+    so.inter_op_num_threads = options.inter_op_threads
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's concern
+    if not options.allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def build_session(model_path: Path, options: RuntimeOptions) -> ort.InferenceSession:
+    """A session on the requested providers, refusing a silent fallback to the CPU."""
+    providers = resolve_providers(options.providers, options.allow_cpu_fallback)
+    try:
+        session = ort.InferenceSession(
+            str(model_path), sess_options=session_options(options), providers=providers
+        )
+    except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
+        raise BundleError(f"{model_path}: onnxruntime cannot load this model: {e}") from e
+    missing = [p for p in providers if p not in session.get_providers()]
+    if missing and not options.allow_cpu_fallback:
+        raise ProviderUnavailableError(
+            f"{model_path}: onnxruntime could not start {', '.join(missing)} (its libraries may be "
+            f"missing); it would have run on {', '.join(session.get_providers())}"
+        )
+    return session

@@ -1,0 +1,314 @@
+"""Export a PyTorch network to a bundle: preprocessing + network + class head in one ONNX graph.
+
+One path serves both the spec-trained models and any user's `nn.Module` (`export_module`):
+1. wrap scaler → network → (scores | predictions, class_index, hidden layers) in `ServingGraph`;
+2. export it with a dynamic batch axis into a temporary folder inside the model folder;
+3. write `metadata.json`, then load the folder with `inference.Model.load`, the very loader the
+   service uses (checksum and signature verified);
+4. check that onnxruntime reproduces PyTorch on the parity rows (≤ 1e-5, relative for values
+   above 1), or fail and leave nothing behind;
+5. rename the folder to the next free version number, so a reader never sees half a bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch import Tensor, nn
+
+import inference
+from inference.bundle import sha256_of
+from inference.metadata import (
+    METADATA_FILE,
+    ONNX_FILE,
+    BundleMetadata,
+    InputInfo,
+    OnnxInfo,
+    OutputInfo,
+    Provenance,
+)
+from training.activations import Activation
+from training.network import Sequential
+from training.preprocessing import Scaler
+
+INPUT_NAME = "features"
+OPSET = 20
+PARITY_TOLERANCE = 1e-5
+
+
+class ExportError(Exception):
+    """The model could not be exported, or the export does not reproduce PyTorch."""
+
+
+class ServingGraph(nn.Module):
+    """Raw features in; the outputs every runtime serves, in a fixed order, out.
+
+    Outputs: `scores` and `class_index` for a classifier (`predictions` otherwise), then the
+    activations of the network's hidden layers when it exposes them (`forward_with_hidden`).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        scaler: Scaler,
+        feature_names: Sequence[str],
+        *,
+        classes: Sequence[str] | None = None,
+        output_activation: Activation | None = None,
+        decision_threshold: float = 0.5,
+    ):
+        super().__init__()
+        self.scaler = scaler
+        self.network = network
+        self.output_activation = output_activation
+        self.feature_names = list(feature_names)
+        self.classes = list(classes) if classes is not None else None
+        self.decision_threshold = decision_threshold
+        # Spec-built networks expose their hidden layers as outputs (for featurization).
+        self.hidden_names = network.hidden_names if isinstance(network, Sequential) else []
+        self.hidden_widths = network.hidden_widths if isinstance(network, Sequential) else {}
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        z = self.scaler(x)
+        if isinstance(self.network, Sequential) and self.hidden_names:
+            y, hidden = self.network.forward_with_hidden(z)
+        else:
+            y, hidden = self.network(z), []
+        if self.output_activation is not None:
+            y = self.output_activation(y)
+        if self.classes is None:
+            return (y, *hidden)
+        return (y, self.class_index(y), *hidden)
+
+    @property
+    def output_names(self) -> list[str]:
+        main = ["predictions"] if self.classes is None else ["scores", "class_index"]
+        return main + self.hidden_names
+
+    def class_index(self, scores: Tensor) -> Tensor:
+        if scores.shape[-1] == 1:
+            return (scores[:, 0] > self.decision_threshold).to(torch.int64)
+        return torch.argmax(scores, dim=-1)
+
+    def output_infos(self, out_width: int) -> list[OutputInfo]:
+        if self.classes is None:
+            main = [
+                OutputInfo(
+                    name="predictions",
+                    datatype="FP32",
+                    shape=[-1, out_width],
+                    role="predictions",
+                    description="the model's outputs",
+                )
+            ]
+        else:
+            main = [
+                OutputInfo(
+                    name="scores",
+                    datatype="FP32",
+                    shape=[-1, out_width],
+                    role="scores",
+                    description="class scores, in the order of 'classes'",
+                ),
+                OutputInfo(
+                    name="class_index",
+                    datatype="INT64",
+                    shape=[-1],
+                    role="class_index",
+                    description="index of the predicted class in 'classes'",
+                ),
+            ]
+        hidden = [
+            OutputInfo(
+                name=name,
+                datatype="FP32",
+                shape=[-1, self.hidden_widths[name]],
+                role="layer",
+                description=f"activations of layer {name!r}",
+            )
+            for name in self.hidden_names
+        ]
+        return main + hidden
+
+
+def export_bundle(
+    graph: ServingGraph,
+    model_dir: str | Path,
+    *,
+    name: str,
+    parity_rows: np.ndarray,
+    description: str = "",
+    metrics: dict[str, float] | None = None,
+    history: dict[str, list[float]] | None = None,
+    provenance: dict[str, Any] | None = None,
+    plot: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the next version of `model_dir` from `graph`; returns the version folder."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    graph = graph.eval()
+    rows = np.ascontiguousarray(parity_rows, dtype=np.float32)
+    with torch.no_grad():
+        expected = [t.numpy() for t in graph(torch.from_numpy(rows))]
+    staging = model_dir / f".tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        _export_onnx(graph, rows, staging / ONNX_FILE)
+        out_width = expected[0].shape[1]
+        metadata = BundleMetadata(
+            name=name,
+            version=_next_version(model_dir),
+            description=description,
+            task="classification" if graph.classes is not None else "regression",
+            inputs=[
+                InputInfo(
+                    name=INPUT_NAME,
+                    datatype="FP32",
+                    shape=[-1, len(graph.feature_names)],
+                    feature_names=graph.feature_names,
+                    description="raw feature values, unscaled",
+                )
+            ],
+            outputs=graph.output_infos(out_width),
+            classes=graph.classes,
+            decision_threshold=graph.decision_threshold
+            if graph.classes and out_width == 1
+            else None,
+            preprocessing=graph.scaler.to_metadata(),
+            metrics=metrics or {},
+            history=history or {},
+            onnx=_onnx_info(staging / ONNX_FILE),
+            provenance=Provenance(
+                created_at=datetime.now(UTC), versions=_versions(), **(provenance or {})
+            ),
+        )
+        _write_metadata(staging, metadata)
+        diff = check_parity(staging, rows, expected)
+        metadata = metadata.model_copy(
+            update={
+                "provenance": metadata.provenance.model_copy(update={"parity_max_abs_diff": diff})
+            }
+        )
+        if plot is not None:
+            plot(staging / "training.png")
+        return _publish(staging, model_dir, metadata)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_parity(bundle_dir: Path, rows: np.ndarray, expected: list[np.ndarray]) -> float:
+    """Run the bundle as the service would and compare with PyTorch; returns the max abs diff."""
+    model = inference.load(bundle_dir, options=inference.RuntimeOptions(intra_op_threads=1))
+    names = [o.name for o in model.metadata.outputs]
+    actual = model.run(rows, names).outputs
+    worst = 0.0
+    for name, want in zip(names, expected, strict=True):
+        got = actual[name]
+        if got.dtype.kind == "f":
+            diff = np.abs(got.astype(np.float64) - want)
+            worst = max(worst, float(diff.max(initial=0.0)))
+            allowed = PARITY_TOLERANCE * np.maximum(1.0, np.abs(want))
+            if np.any(diff > allowed):
+                raise ExportError(
+                    f"onnxruntime differs from PyTorch on output {name!r}: max abs diff "
+                    f"{diff.max():.3g} > {PARITY_TOLERANCE:g}; the export is not faithful"
+                )
+        elif not np.array_equal(got, want):
+            raise ExportError(
+                f"onnxruntime's {name!r} differs from PyTorch's on "
+                f"{int((got != want).sum())} row(s); the export is not faithful"
+            )
+    return worst
+
+
+def _export_onnx(graph: ServingGraph, rows: np.ndarray, path: Path) -> None:
+    # A batch of 2+ rows keeps the batch axis symbolic (size 1 would be specialised).
+    example = torch.zeros((max(2, min(len(rows), 8)), len(graph.feature_names)))
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=graph.output_names,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+                opset_version=OPSET,
+                verbose=False,
+            )
+    except Exception as e:  # the exporter raises many unrelated types; keep the cause
+        raise ExportError(f"torch.onnx.export failed: {e}") from e
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs notes (e.g. torchvision absent) that are no concern of the user."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _onnx_info(path: Path) -> OnnxInfo:
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    return OnnxInfo(
+        file=ONNX_FILE,
+        sha256=sha256_of(path),
+        opset=opset,
+        producer=f"{proto.producer_name} {proto.producer_version}".strip(),
+    )
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _next_version(model_dir: Path) -> int:
+    return max([0, *(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())]) + 1
+
+
+def _write_metadata(folder: Path, metadata: BundleMetadata) -> None:
+    text = json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n"
+    (folder / METADATA_FILE).write_text(text)
+
+
+def _publish(staging: Path, model_dir: Path, metadata: BundleMetadata) -> Path:
+    """Rename the staging folder to the next free version; retry if another export won a race."""
+    for _ in range(100):
+        target = model_dir / str(metadata.version)
+        _write_metadata(staging, metadata)
+        try:
+            os.rename(staging, target)  # atomic; fails if the target exists and is not empty
+            return target
+        except OSError:
+            if not target.exists():
+                raise
+            metadata = metadata.model_copy(update={"version": _next_version(model_dir)})
+    raise ExportError(f"{model_dir}: could not claim a free version number")
