@@ -74,9 +74,9 @@ def check_rows(matrix: np.ndarray, signature: InputInfo) -> None:
         row = int(np.flatnonzero(bad)[0])
         col = int(np.flatnonzero(~np.isfinite(matrix[row]))[0])
         raise InvalidInputError(
-            f"row {row}, feature {signature.feature_names[col]!r}: {matrix[row, col]} is not a "
-            f"finite number ({int(bad.sum())} such row(s)); this model does not accept NaN or "
-            "infinity"
+            f"row {row}, feature {signature.feature_names[col]!r}: {matrix[row, col]} is missing "
+            f"or not a finite number ({int(bad.sum())} such row(s)); this model does not accept "
+            "null, NaN or infinity"
         )
 
 

@@ -1,0 +1,79 @@
+"""Shared fixtures: specs written into temporary folders, and small bundles trained once."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
+
+IRIS_SPEC: dict[str, Any] = {
+    "name": "iris",
+    "data": {
+        "source": "builtin:iris",
+        "features": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+        "label": "species",
+        "classes": ["setosa", "versicolor", "virginica"],
+        "validation_split": 0.2,
+        "seed": 7,
+    },
+    "preprocessing": {"scale": "standard"},
+    "model": {
+        "input_shape": [4],
+        "layers": [
+            {"type": "dense", "units": 8, "activation": "relu"},
+            {"type": "dense", "units": 3, "activation": "softmax"},
+        ],
+    },
+    "compile": {
+        "optimizer": {"name": "adam", "learning_rate": 0.02},
+        "loss": "sparse_categorical_crossentropy",
+        "metrics": ["accuracy"],
+    },
+    "fit": {"batch_size": 16, "epochs": 5, "verbose": 0},
+}
+
+SpecWriter = Callable[..., Path]
+
+
+def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path) -> SpecWriter:
+    """Write a spec (the iris one, changed by `edit`) into a fresh model folder."""
+
+    def make(edit: Callable[[dict[str, Any]], None] | None = None, name: str = "m") -> Path:
+        spec = copy.deepcopy(IRIS_SPEC)
+        if edit is not None:
+            edit(spec)
+        return write_spec(tmp_path / name, spec)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def iris_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small iris classifier, trained and exported once for the whole session."""
+    from training import train
+
+    folder = write_spec(tmp_path_factory.mktemp("repo") / "iris", copy.deepcopy(IRIS_SPEC))
+    return train(folder).bundle
+
+
+@pytest.fixture
+def copied_bundle(iris_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the iris bundle's model folder, safe to damage."""
+    target = tmp_path / "iris"
+    shutil.copytree(iris_bundle.parent, target)
+    return target / iris_bundle.name

@@ -1,0 +1,125 @@
+"""Predicting in-process: arrays, columns, records; named outputs; clear errors for bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inference
+from inference import InvalidInputError, ProviderUnavailableError, RuntimeOptions
+
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+@pytest.fixture(scope="module")
+def model(iris_bundle: Path) -> inference.Model:
+    return inference.load(iris_bundle)
+
+
+def test_predict_gives_scores_class_index_and_labels(model: inference.Model):
+    prediction = model.predict(np.array(ROWS))
+    assert prediction.scores.shape == (2, 3)
+    assert prediction.scores.dtype == np.float32
+    np.testing.assert_allclose(prediction.scores.sum(axis=1), 1.0, rtol=1e-6)
+    assert prediction.class_index.tolist() == np.argmax(prediction.scores, axis=1).tolist()
+    assert prediction.labels == ["setosa", "virginica"]
+    assert list(prediction.outputs) == ["scores", "class_index"]
+
+
+def test_columns_records_and_arrays_agree(model: inference.Model):
+    by_array = model.predict(ROWS).scores
+    columns = {name: [row[i] for row in ROWS] for i, name in enumerate(FEATURES)}
+    np.testing.assert_array_equal(model.predict_columns(columns).scores, by_array)
+    records = [dict(zip(FEATURES, row, strict=True)) for row in ROWS]
+    np.testing.assert_array_equal(model.predict_records(records).scores, by_array)
+
+
+def test_hidden_layers_on_request(model: inference.Model):
+    prediction = model.predict(ROWS, outputs=["dense"])
+    assert list(prediction.outputs) == ["dense"]
+    assert prediction["dense"].shape == (2, 8)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            [[1.0, 2.0, 3.0]],
+            r"expected a 2-D batch of shape \[rows, 4\] \(sepal_length, .*\), got shape \[1, 3\]",
+        ),
+        ([1.0, 2.0, 3.0, 4.0], r"got shape \[4\]"),
+        ([], r"got shape \[0\]"),
+        (np.zeros((0, 4)), r"the batch is empty"),
+        ([[1.0, "tall", 3.0, 4.0]], r"features must be numbers; could not read them as float32"),
+        ([[1.0, None, 3.0, 4.0]], r"row 0, feature 'sepal_width': nan is missing or not a finite"),
+        (
+            [[1.0, 2.0, 3.0, 4.0], [1.0, math.nan, 3.0, 4.0]],
+            r"row 1, feature 'sepal_width': nan is missing or not a finite number \(1 such row\(s\)\)",
+        ),
+        (
+            [[math.inf, 2.0, 3.0, 4.0]],
+            r"row 0, feature 'sepal_length': inf is missing or not a finite number",
+        ),
+        ([[1.0, 2.0], [3.0, 4.0, 5.0]], r"features must be numbers"),
+    ],
+)
+def test_bad_arrays_are_explained(model: inference.Model, data: object, message: str):
+    with pytest.raises(InvalidInputError, match=message):
+        model.predict(data)
+
+
+def test_bad_columns_and_records_are_explained(model: inference.Model):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"missing feature\(s\) 'petal_width' and unknown feature\(s\) 'petal_widht'; this model expects: sepal_length",
+    ):
+        model.predict_columns(
+            {"sepal_length": [1], "sepal_width": [1], "petal_length": [1], "petal_widht": [1]}
+        )
+    with pytest.raises(InvalidInputError, match=r"feature columns must be 1-D and of equal length"):
+        model.predict_columns(
+            {name: [1.0] * (2 if name == "sepal_length" else 1) for name in FEATURES}
+        )
+    with pytest.raises(InvalidInputError, match=r"row 1: missing feature\(s\) 'sepal_width'"):
+        model.predict_records([dict(zip(FEATURES, ROWS[0], strict=True)), {"sepal_length": 1}])
+
+
+def test_unknown_output_is_explained(model: inference.Model):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"unknown output\(s\) 'probabilities'; this model has: scores, class_index, dense",
+    ):
+        model.predict(ROWS, outputs=["probabilities"])
+
+
+def test_threads_are_set_explicitly(iris_bundle: Path):
+    model = inference.load(iris_bundle, options=RuntimeOptions(intra_op_threads=1))
+    assert model.predict(ROWS).labels == ["setosa", "virginica"]
+    assert 1 <= inference.available_cpus() <= 4096
+
+
+def test_cuda_without_its_runtime_is_an_error_not_a_silent_fallback(iris_bundle: Path):
+    with pytest.raises(
+        ProviderUnavailableError,
+        match=r"execution provider 'cuda' \(CUDAExecutionProvider\) is not available",
+    ):
+        inference.load(iris_bundle, options=RuntimeOptions(providers=("cuda",)))
+
+
+def test_cuda_falls_back_to_cpu_only_when_allowed(iris_bundle: Path):
+    model = inference.load(
+        iris_bundle, options=RuntimeOptions(providers=("cuda", "cpu"), allow_cpu_fallback=True)
+    )
+    assert model.providers == ["CPUExecutionProvider"]
+
+
+def test_unknown_provider(iris_bundle: Path):
+    with pytest.raises(
+        ProviderUnavailableError,
+        match=r"unknown execution provider 'tpu'; known: cpu, cuda, tensorrt",
+    ):
+        inference.load(iris_bundle, options=RuntimeOptions(providers=("tpu",)))

@@ -1,0 +1,163 @@
+"""A wrong spec is reported with the file, the key path and what was expected, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SpecWriter
+from training import SpecError, load_spec, train
+from training.spec import DenseSpec
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node: Any = spec
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def test_the_committed_specs_are_valid():
+    for name in ("side_effects", "iris"):
+        spec, file = load_spec(Path("models") / name)
+        assert spec.name == name
+        assert file.name == "model.yaml"
+
+
+def test_the_seed_model_is_the_course_model():
+    spec, _ = load_spec("models/side_effects")
+    layers = spec.network.layers
+    assert [(x.units, x.activation) for x in layers if isinstance(x, DenseSpec)] == [
+        (6, "relu"),
+        (32, "relu"),
+        (2, "sigmoid"),
+    ]
+    assert spec.compile.optimizer.name == "adam"
+    assert spec.compile.optimizer.params == {"learning_rate": 0.0001}
+    assert (spec.fit.batch_size, spec.fit.epochs, spec.validation_split) == (10, 20, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("colour", "red", r"\(top level\): unknown key 'colour'; allowed: compile, data"),
+        ("model.layers.0.unitz", 3, r"model\.layers\.0: unknown key 'unitz'; allowed: .*units"),
+        (
+            "model.layers.0.units",
+            "six",
+            r"model\.layers\.0\.units: Input should be a valid integer",
+        ),
+        ("model.layers.0.units", 0, r"model\.layers\.0\.units: Input should be greater than 0"),
+        (
+            "model.layers.0.type",
+            "conv2d",
+            r"model\.layers\.0: unknown layer type 'conv2d'; known: dense",
+        ),
+        (
+            "model.layers.0.activation",
+            "rleu",
+            r"model\.layers\.0\.activation: unknown activation 'rleu'",
+        ),
+        (
+            "compile.loss",
+            "crossentropy",
+            r"compile\.loss: unknown loss 'crossentropy'; known: .*mse",
+        ),
+        (
+            "compile.optimizer",
+            "adamm",
+            r"compile\.optimizer: unknown optimizer 'adamm'; known: .*adam",
+        ),
+        (
+            "compile.optimizer.beta",
+            0.9,
+            r"unknown parameter 'beta' for optimizer 'adam'; known: .*beta_1",
+        ),
+        ("compile.optimizer.learning_rate", "fast", r"learning_rate must be a number"),
+        ("compile.metrics", ["accuracy", "acuracy"], r"compile\.metrics: unknown metric 'acuracy'"),
+        ("model.input_shape", [2], r"model\.input_shape \[2\] does not fit the 4 feature"),
+        ("model.layers.1.units", 2, r"last dense layer has 2 unit\(s\) but data\.classes names 3"),
+        ("data.validation_split", 1.5, r"data\.validation_split: Input should be less than 1"),
+        ("data.source", "s3://bucket/x", r"data\.source: expected builtin:<name>, csv:<path>"),
+        ("data.source", "builtin:mnist", r"data\.source: unknown builtin data set 'mnist'; known"),
+        ("data.source", "csv:missing.csv", r"data\.source: missing\.csv not found"),
+        ("data.features", ["sepal_length", "sepal_length", "a", "b"], r"names must be unique"),
+        (
+            "data.features",
+            ["sepal_length", "sepal_width", "petal_length", "stem"],
+            r"data\.features: column 'stem' is not in builtin:iris; columns: sepal_length",
+        ),
+        ("data.label", "genus", r"data\.label: column 'genus' is not in builtin:iris"),
+        (
+            "data.classes",
+            ["setosa", "versicolor", "virginia"],
+            r"data\.label: label\(s\) 'virginica' are not in data\.classes",
+        ),
+        (
+            "fit.early_stopping",
+            {"monitor": "val_acc"},
+            r"early_stopping\.monitor 'val_acc' is not logged; known: loss, accuracy, val_loss",
+        ),
+        ("fit.verbose", 3, r"fit\.verbose: Input should be 0, 1 or 2"),
+        ("fit.batch_size", -1, r"fit\.batch_size: Input should be greater than 0"),
+    ],
+)
+def test_spec_errors_name_file_key_and_expectation(
+    make_spec: SpecWriter, path: str, value: Any, message: str
+):
+    folder = make_spec(lambda s: set_path(s, path, value))
+    with pytest.raises(SpecError, match=message) as error:
+        train(folder)
+    assert str(error.value).startswith(f"{folder / 'model.yaml'}: ")
+    assert not any(p.name.isdigit() for p in folder.iterdir()), "no bundle may be written"
+
+
+def test_a_missing_section_is_named(make_spec: SpecWriter):
+    folder = make_spec(lambda s: s.pop("compile"))
+    with pytest.raises(SpecError, match=r"compile: Field required"):
+        load_spec(folder)
+
+
+def test_invalid_yaml_is_one_line(tmp_path: Path):
+    (tmp_path / "model.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match=r"model\.yaml: not valid YAML: ") as error:
+        load_spec(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_folder_without_a_spec(tmp_path: Path):
+    with pytest.raises(SpecError, match=r"no such spec file"):
+        load_spec(tmp_path)
+
+
+def test_first_layer_input_shape_is_accepted_as_in_keras(make_spec: SpecWriter):
+    def keras_style(spec: dict[str, Any]) -> None:
+        del spec["model"]["input_shape"]
+        spec["model"]["layers"][0]["input_shape"] = [4]
+
+    spec, _ = load_spec(make_spec(keras_style))
+    assert spec.network.resolved_input_shape == [4]
+
+
+def test_older_lr_alias_is_accepted(make_spec: SpecWriter):
+    spec, _ = load_spec(
+        make_spec(lambda s: set_path(s, "compile.optimizer", {"name": "sgd", "lr": 0.1}))
+    )
+    assert spec.compile.optimizer.params == {"lr": 0.1}
+
+
+def test_layer_names_follow_keras_and_must_be_unique(make_spec: SpecWriter):
+    spec, _ = load_spec(make_spec())
+    assert spec.network.layer_names == ["dense", "dense_1"]
+    folder = make_spec(lambda s: set_path(s, "model.layers.1.name", "dense"))
+    with pytest.raises(SpecError, match=r"layer names must be unique; repeated: dense"):
+        load_spec(folder)
+    folder = make_spec(lambda s: set_path(s, "model.layers.0.name", "scores"), name="n")
+    with pytest.raises(SpecError, match=r"reserved for outputs"):
+        load_spec(folder)
