@@ -20,11 +20,12 @@ FLOAT = np.float32
 def as_feature_matrix(data: Any, signature: InputInfo) -> np.ndarray:
     """A (rows, features) float32 array from an array-like, checked against the signature."""
     try:
-        matrix = np.asarray(data, dtype=FLOAT)
-    except (ValueError, TypeError) as e:
-        raise InvalidInputError(
-            f"features must be numbers; could not read them as {np.dtype(FLOAT).name}: {e}"
-        ) from e
+        array = data if isinstance(data, np.ndarray) else np.asarray(data)
+    except (ValueError, TypeError) as e:  # ragged rows
+        raise InvalidInputError(f"features must be a regular 2-D batch of numbers: {e}") from e
+    if array.size and array.dtype.kind not in "iuf":
+        raise InvalidInputError(f"features must be numbers, got {_describe(array)}")
+    matrix = array.astype(FLOAT, copy=False)
     n_features = len(signature.feature_names)
     if matrix.ndim != 2 or matrix.shape[1] != n_features:
         raise InvalidInputError(
@@ -84,6 +85,28 @@ def invalid_rows(matrix: np.ndarray) -> np.ndarray:
     """A boolean mask of rows holding NaN or infinity (for per-row error reporting)."""
     result: np.ndarray = ~np.isfinite(matrix).all(axis=1)
     return result
+
+
+def _describe(array: np.ndarray) -> str:
+    """What a non-numeric array holds, for the error message."""
+    if array.dtype.kind in "US":
+        texts = [str(v) for v in array.flat]
+        odd = next((t for t in texts if not _is_number(t)), None)
+        return f"text such as {odd!r}" if odd else f"quoted numbers such as {texts[0]!r}"
+    if array.dtype.kind == "b":
+        return "true/false values"
+    if array.dtype.kind == "O":
+        odd = next((v for v in array.flat if not isinstance(v, int | float)), None)
+        return "null (a missing value)" if odd is None else f"{type(odd).__name__} {odd!r}"
+    return f"values of type {array.dtype}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _name_mismatch(missing: list[str], unknown: list[str], expected: list[str]) -> str:

@@ -54,8 +54,10 @@ def test_hidden_layers_on_request(model: inference.Model):
         ([1.0, 2.0, 3.0, 4.0], r"got shape \[4\]"),
         ([], r"got shape \[0\]"),
         (np.zeros((0, 4)), r"the batch is empty"),
-        ([[1.0, "tall", 3.0, 4.0]], r"features must be numbers; could not read them as float32"),
-        ([[1.0, None, 3.0, 4.0]], r"row 0, feature 'sepal_width': nan is missing or not a finite"),
+        ([[1.0, "tall", 3.0, 4.0]], r"features must be numbers, got text such as 'tall'"),
+        ([["5.1", "3.5", "1.4", "0.2"]], r"features must be numbers, got quoted numbers such as '5.1'"),
+        ([[True, False, True, False]], r"features must be numbers, got true/false values"),
+        ([[1.0, None, 3.0, 4.0]], r"features must be numbers, got null \(a missing value\)"),
         (
             [[1.0, 2.0, 3.0, 4.0], [1.0, math.nan, 3.0, 4.0]],
             r"row 1, feature 'sepal_width': nan is missing or not a finite number \(1 such row\(s\)\)",
@@ -64,7 +66,7 @@ def test_hidden_layers_on_request(model: inference.Model):
             [[math.inf, 2.0, 3.0, 4.0]],
             r"row 0, feature 'sepal_length': inf is missing or not a finite number",
         ),
-        ([[1.0, 2.0], [3.0, 4.0, 5.0]], r"features must be numbers"),
+        ([[1.0, 2.0], [3.0, 4.0, 5.0]], r"features must be a regular 2-D batch of numbers"),
     ],
 )
 def test_bad_arrays_are_explained(model: inference.Model, data: object, message: str):

@@ -1,0 +1,110 @@
+"""`python -m serving --repo models`: serve every model of a repository over HTTP.
+
+Every flag is also a `SERVING_*` env var and a key of the `--settings-file`. A setting that
+cannot work (an unknown provider, CUDA where it is absent without `--allow-cpu-fallback`, a
+missing repository) stops the start with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from inference import ProviderUnavailableError, available_cpus
+from inference.runtime import resolve_providers
+from serving import logs
+from serving.app import create_app
+from serving.settings import Settings
+
+log = logging.getLogger("serving")
+
+
+def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n")[0])
+    p.add_argument("--repo", type=Path, help="model repository (default: models)")
+    p.add_argument("--models", help="serve only these models, comma-separated")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--workers", type=int, help="worker processes (default 1)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    p.add_argument("--settings-file", type=Path, help="YAML or JSON file of settings")
+    p.add_argument("--providers", help="execution providers in order, e.g. cuda,cpu")
+    p.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        default=None,
+        help="run on the CPU if a requested accelerator is unavailable",
+    )
+    p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session")
+    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+def check(settings: Settings) -> None:
+    """Fail fast on settings that cannot work, before binding the port."""
+    resolve_providers(tuple(settings.providers), settings.allow_cpu_fallback)
+    if not settings.repo.is_dir():
+        raise ValueError(f"model repository {settings.repo} is not a folder")
+
+
+def export_to_env(settings: Settings) -> None:
+    """Worker processes rebuild the settings from the environment (see create_app_from_env)."""
+    for key, value in settings.model_dump(exclude_unset=False).items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        os.environ[f"SERVING_{key.upper()}"] = (
+            ",".join(value) if isinstance(value, list) else str(value)
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.load(**parse_args(argv))
+        check(settings)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except (ValueError, ProviderUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    log.info(
+        "serving %s on http://%s:%d with providers %s, %d onnxruntime thread(s) per session",
+        settings.repo,
+        settings.host,
+        settings.port,
+        ",".join(settings.providers),
+        settings.intra_op_threads or available_cpus(),
+    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": settings.drain_timeout_s,
+        "log_level": settings.log_level,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+    else:
+        export_to_env(settings)
+        uvicorn.run(
+            "serving.app:create_app_from_env", factory=True, workers=settings.workers, **common
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

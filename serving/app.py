@@ -1,0 +1,102 @@
+"""`create_app(settings)`: the FastAPI application, built by a factory, never at import time.
+
+Models load in the background when the app starts, so the live probe answers at once and the
+ready probe turns true only when every model has been loaded, verified and warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Response
+from fastapi.openapi.utils import get_openapi
+
+import inference
+from serving import schemas
+from serving.dataplane import DataPlane
+from serving.errors import install_handlers
+from serving.metrics import Metrics, MetricsMiddleware
+from serving.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from serving.protocol import health, repository_api, v1, v2
+from serving.repository import ModelRepository
+from serving.settings import Settings
+
+log = logging.getLogger("serving")
+
+
+def runtime_options(settings: Settings) -> inference.RuntimeOptions:
+    return inference.RuntimeOptions(
+        providers=tuple(settings.providers),
+        allow_cpu_fallback=settings.allow_cpu_fallback,
+        intra_op_threads=settings.intra_op_threads,
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    repository = ModelRepository(
+        settings.repo, runtime_options(settings), settings.models, on_load=metrics.model_loaded
+    )
+    plane = DataPlane(repository, settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(asyncio.to_thread(plane.load_all))
+        try:
+            yield
+        finally:
+            plane.stopping = True
+            await loading
+            plane.close()
+
+    app = FastAPI(
+        title="ONNX bundle serving",
+        version=v2.server_version(),
+        summary="Open Inference Protocol v2 and a friendly v1 API over ONNX model bundles.",
+        lifespan=lifespan,
+    )
+    app.state.dataplane = plane
+    for router in (health.router, v2.router, repository_api.router, v1.router):
+        app.include_router(router)
+
+    @app.get(
+        "/metrics",
+        tags=["metrics"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+    )
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    install_handlers(app)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value())
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars."""
+    return create_app(Settings.load())
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the bodies that routes read themselves (see `document_body`)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (schemas.InferenceRequest, schemas.PredictRequest):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,86 @@
+"""One error hierarchy with HTTP statuses, and one handler turning any error into `{"error": ...}`.
+
+Client errors are logged at INFO with the message; our own bugs at ERROR with the traceback and
+a 500 whose body says nothing internal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from inference import InvalidInputError
+
+log = logging.getLogger("serving")
+
+
+class ServingError(Exception):
+    status = 500
+
+
+class BadRequest(ServingError):
+    status = 400
+
+
+class Unauthorized(ServingError):
+    status = 401
+
+
+class ModelNotFound(ServingError):
+    status = 404
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
+class UnsupportedMediaType(ServingError):
+    status = 415
+
+
+class ModelNotReady(ServingError):
+    status = 503
+
+
+class InferenceTimeout(ServingError):
+    status = 504
+
+
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def serving_error(request: Request, exc: Exception) -> JSONResponse:
+        status = exc.status if isinstance(exc, ServingError) else 400
+        log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return error_response(status, str(exc), headers)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return error_response(400, f"invalid request: {problems}")
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error (logged on the server)")
+
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(InvalidInputError, serving_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)

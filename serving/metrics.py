@@ -1,0 +1,112 @@
+"""Prometheus metrics, per app (no global registry), and the middleware that records requests.
+
+Requests are labelled by model, version, endpoint (the route template, never the raw path, so
+a scan of random URLs cannot blow up the label count) and status.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384, 65536)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "serving_requests",
+            "HTTP requests",
+            ["model", "version", "endpoint", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "serving_request_duration_seconds",
+            "Time to answer a request, end to end",
+            ["model", "version", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "serving_inference_duration_seconds",
+            "Time in onnxruntime session.run",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rows = Histogram(
+            "serving_request_rows",
+            "Rows (batch size) per inference request",
+            ["model", "version"],
+            buckets=ROW_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("serving_requests_in_flight", "Requests being answered", registry=r)
+        self.load_seconds = Gauge(
+            "serving_model_load_duration_seconds",
+            "Time to load, verify and warm up a model version",
+            ["model", "version"],
+            registry=r,
+        )
+
+    def observe_inference(self, model: str, version: int, seconds: float, rows: int) -> None:
+        self.inference_seconds.labels(model, str(version)).observe(seconds)
+        self.rows.labels(model, str(version)).observe(rows)
+
+    def model_loaded(self, model: str, version: int, seconds: float) -> None:
+        self.load_seconds.labels(model, str(version)).set(seconds)
+
+    def exposition(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            self.metrics.in_flight.dec()
+            model, version, endpoint = labels(scope)
+            self.metrics.requests.labels(model, version, endpoint, str(status)).inc()
+            self.metrics.request_seconds.labels(model, version, endpoint).observe(
+                time.perf_counter() - start
+            )
+
+
+def labels(scope: Scope) -> tuple[str, str, str]:
+    """Model and version only once a route resolved them (`note_model`): an unknown name in a
+    URL must not become a label value."""
+    route: Any = scope.get("route")
+    endpoint = getattr(route, "path", None) or "unmatched"
+    state = scope.get("state") or {}
+    return state.get("model_name", ""), state.get("model_version", ""), endpoint
+
+
+def note_model(state: Any, name: str, version: int) -> None:
+    """Record on the request state which model answered, for the request metrics."""
+    state.model_name = name
+    state.model_version = str(version)

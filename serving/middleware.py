@@ -1,0 +1,84 @@
+"""Protection below the routes: a request body limit and an optional API key.
+
+Both are plain ASGI so they cost nothing per request beyond a header look-up, and both answer
+in the same `{"error": ...}` shape as every route.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import PayloadTooLarge
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+"""Probes must work without credentials."""
+
+
+async def send_error(
+    send: Send, status: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    body = orjson.dumps({"error": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """413 for a declared Content-Length over the limit; for a streamed body, stop reading."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await send_error(send, 413, self._message(int(declared)))
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise PayloadTooLarge(self._message(received))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self, size: int) -> str:
+        return f"the request body ({size} bytes or more) exceeds the limit of {self.limit} bytes"
+
+
+class ApiKeyMiddleware:
+    """Every route but the health probes needs `Authorization: Bearer <key>` or `X-API-Key`."""
+
+    def __init__(self, app: ASGIApp, key: str):
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        await send_error(
+            send,
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            ((b"www-authenticate", b"Bearer"),),
+        )
+
+    def _allowed(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        offered = headers.get(b"x-api-key")
+        authorization = headers.get(b"authorization", b"")
+        if offered is None and authorization[:7].lower() == b"bearer ":
+            offered = authorization[7:].strip()
+        return offered is not None and hmac.compare_digest(offered, self.key)

@@ -1,0 +1,279 @@
+"""Open Inference Protocol v2 tensors ↔ numpy, in JSON and in Triton's binary tensor extension.
+
+Requests: the body may be gzip/deflate encoded (`Content-Encoding`); with
+`Inference-Header-Content-Length: n` its first n bytes are the JSON header and the rest the
+binary tensors, in input order, sized by each input's `binary_data_size`. Responses: an output
+is binary when its request output says `binary_data: true`, or the request parameter
+`binary_data_output` is true and the output does not say otherwise; then the JSON header comes
+first, its length in `Inference-Header-Content-Length`, and the bytes follow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from inference.metadata import BundleMetadata
+from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from serving.schemas import InferenceRequest, RequestInput
+
+HEADER_LENGTH = "inference-header-content-length"
+DTYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(code).newbyteorder("<")
+    for name, code in {
+        "BOOL": "?", "UINT8": "u1", "UINT16": "u2", "UINT32": "u4", "UINT64": "u8",
+        "INT8": "i1", "INT16": "i2", "INT32": "i4", "INT64": "i8",
+        "FP16": "f2", "FP32": "f4", "FP64": "f8",
+    }.items()
+}  # fmt: skip
+JSON_TYPES = frozenset({"application/json", "application/octet-stream", ""})
+
+
+@dataclass(frozen=True)
+class Body:
+    header: bytes
+    binary: bytes
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    """Requested output names, or None for the model's default outputs."""
+    binary_flags: dict[str, bool]
+    """Outputs whose request said `binary_data` explicitly; the others follow the default."""
+    binary_default: bool
+
+    def is_binary(self, output: str) -> bool:
+        return self.binary_flags.get(output, self.binary_default)
+
+
+def split_body(raw: bytes, headers: Mapping[str, str], limit: int) -> Body:
+    """Check the content type, undo the content encoding, split JSON header and binary part."""
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"unsupported content type {content_type!r}: send application/json (with curl: "
+            "-H 'Content-Type: application/json'), or binary tensors with an "
+            "Inference-Header-Content-Length header"
+        )
+    raw = _decompress(raw, headers.get("content-encoding", "").strip().lower(), limit)
+    length = headers.get(HEADER_LENGTH)
+    if length is None:
+        return Body(raw, b"")
+    try:
+        n = int(length)
+    except ValueError:
+        raise BadRequest(
+            f"Inference-Header-Content-Length must be an integer, got {length!r}"
+        ) from None
+    if not 0 <= n <= len(raw):
+        raise BadRequest(
+            f"Inference-Header-Content-Length {n} is outside the body of {len(raw)} bytes"
+        )
+    return Body(raw[:n], raw[n:])
+
+
+def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(
+            f"unsupported content encoding {encoding!r}; use gzip or deflate"
+        )
+    window = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(window)
+    try:
+        data = inflater.decompress(raw, limit + 1)  # stop early on a decompression bomb
+    except zlib.error as e:
+        raise BadRequest(f"the body is not valid {encoding} data: {e}") from e
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
+    return data
+
+
+def parse_json(header: bytes) -> Any:
+    """Parse JSON fast; on failure retry with the standard parser, which accepts NaN and
+    Infinity so that the message can name the value instead of a column number."""
+    if not header.strip():
+        raise BadRequest("the request body is empty: expected a JSON object")
+    try:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON: {e}") from e
+
+
+def decode_request(body: Body, metadata: BundleMetadata) -> DecodedRequest:
+    document = parse_json(body.header)
+    if not isinstance(document, dict):
+        raise BadRequest("the request body must be a JSON object with an 'inputs' list")
+    try:
+        request = InferenceRequest.model_validate(document)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise BadRequest(f"invalid inference request: {problems}") from e
+    parameters = request.parameters or {}
+    if "classification" in parameters:
+        raise BadRequest("the classification extension is not supported; read 'scores'")
+    inputs = _decode_inputs(request, body.binary, metadata)
+    outputs, binary = _requested_outputs(request, metadata)
+    return DecodedRequest(
+        id=request.id,
+        inputs=inputs,
+        outputs=outputs,
+        binary_flags=binary,
+        binary_default=bool(parameters.get("binary_data_output", False)),
+    )
+
+
+def _decode_inputs(
+    request: InferenceRequest, binary: bytes, metadata: BundleMetadata
+) -> dict[str, np.ndarray]:
+    expected = {i.name: i for i in metadata.inputs}
+    names = [i.name for i in request.inputs]
+    if sorted(names) != sorted(expected):
+        wanted = ", ".join(f"{i.name!r} {i.datatype} {i.shape}" for i in metadata.inputs)
+        raise BadRequest(f"inputs {names} do not match the model's inputs: {wanted}")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in request.inputs:
+        info = expected[tensor.name]
+        if tensor.datatype != info.datatype:
+            raise BadRequest(
+                f"input {tensor.name!r}: datatype {tensor.datatype} does not match the model's "
+                f"{info.datatype}"
+            )
+        if "binary_data_size" in (tensor.parameters or {}):
+            array, offset = _from_binary(tensor, binary, offset)
+        else:
+            array = _from_json(tensor)
+        _check_shape(tensor.name, array.shape, info.shape)
+        arrays[tensor.name] = array
+    if offset != len(binary):
+        raise BadRequest(
+            f"the binary part has {len(binary)} bytes but the inputs' binary_data_size add up "
+            f"to {offset}"
+        )
+    return arrays
+
+
+def _from_json(tensor: RequestInput) -> np.ndarray:
+    name, datatype, shape, data = tensor.name, tensor.datatype, tensor.shape, tensor.data
+    if data is None:
+        raise BadRequest(f"input {name!r}: 'data' is missing (and no binary_data_size is given)")
+    if datatype in ("BYTES", "FP16"):
+        raise BadRequest(f"input {name!r}: datatype {datatype} is not accepted as JSON data")
+    try:
+        values = np.asarray(data)
+    except ValueError as e:  # ragged nesting
+        raise BadRequest(f"input {name!r}: 'data' is not a regular array: {e}") from e
+    wanted = "b" if datatype == "BOOL" else "iuf" if datatype.startswith("FP") else "iu"
+    if values.size and values.dtype.kind not in wanted:
+        kind = {"U": "strings", "O": "mixed values or null", "b": "booleans", "f": "fractions"}
+        got = kind.get(values.dtype.kind, values.dtype.name)
+        raise BadRequest(f"input {name!r}: 'data' must hold {datatype} numbers, got {got}")
+    count = math.prod(shape)
+    if values.size != count:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values but 'data' has {values.size}"
+        )
+    return values.reshape(shape).astype(DTYPES[datatype], copy=False)
+
+
+def _from_binary(tensor: RequestInput, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+    name, datatype, shape = tensor.name, tensor.datatype, tensor.shape
+    size = (tensor.parameters or {})["binary_data_size"]
+    if datatype == "BYTES":
+        raise BadRequest(f"input {name!r}: datatype BYTES is not supported by this model")
+    dtype = DTYPES[datatype]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+    expected = math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise BadRequest(
+            f"input {name!r}: binary_data_size {size} does not fit shape {shape} of {datatype} "
+            f"({expected} bytes)"
+        )
+    if offset + size > len(binary):
+        raise BadRequest(
+            f"input {name!r}: binary_data_size {size} runs past the end of the binary part "
+            f"({len(binary) - offset} bytes left)"
+        )
+    array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset)
+    return array.reshape(shape), offset + size
+
+
+def _check_shape(name: str, got: tuple[int, ...], model: list[int]) -> None:
+    fits = len(got) == len(model) and all(m in (-1, g) for g, m in zip(got, model, strict=True))
+    if not fits:
+        raise BadRequest(
+            f"input {name!r}: shape {list(got)} does not fit the model's {model} (-1: any size)"
+        )
+
+
+def _requested_outputs(
+    request: InferenceRequest, metadata: BundleMetadata
+) -> tuple[list[str] | None, dict[str, bool]]:
+    if request.outputs is None:
+        return None, {}
+    known = [o.name for o in metadata.outputs]
+    names = [o.name for o in request.outputs]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BadRequest(f"unknown output(s) {unknown}; the model has: {', '.join(known)}")
+    flags = {
+        o.name: bool(o.parameters["binary_data"])
+        for o in request.outputs
+        if o.parameters and "binary_data" in o.parameters
+    }
+    return names, flags
+
+
+def encode_response(
+    outputs: dict[str, np.ndarray],
+    metadata: BundleMetadata,
+    request: DecodedRequest,
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (content type; header length when binary)."""
+    datatypes = {o.name: o.datatype for o in metadata.outputs}
+    described, blobs = [], []
+    for name, array in outputs.items():
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": datatypes[name],
+            "shape": list(array.shape),
+        }
+        if request.is_binary(name):
+            blob = np.ascontiguousarray(array, dtype=DTYPES[datatypes[name]]).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = array.ravel()
+        described.append(tensor)
+    document = {
+        "model_name": metadata.name,
+        "model_version": str(metadata.version),
+        "outputs": described,
+    }
+    if request.id is not None:
+        document["id"] = request.id
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not any(blobs):
+        return header, {"content-type": "application/json"}
+    headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    return header + b"".join(blobs), headers

@@ -1,0 +1,70 @@
+"""The model repository extension (as Triton defines it): list, (re)load and unload models.
+
+A load re-reads the model folder, builds and warms up new sessions, then swaps them in
+atomically; requests in flight finish on the old sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from serving.errors import BadRequest
+from serving.protocol import ERRORS, dataplane
+from serving.protocol.codec import parse_json
+from serving.schemas import RepositoryActionResponse, RepositoryModel
+
+router = APIRouter(tags=["model repository extension"], responses=ERRORS)
+
+
+@router.post("/v2/repository/index", response_model=list[RepositoryModel])
+async def index(request: Request) -> JSONResponse:
+    body = await request.body()
+    only_ready = bool(body.strip()) and bool(_object(body).get("ready", False))
+    rows = []
+    for entry in dataplane(request).repository.entries():
+        if not entry.versions:
+            rows.append({"name": entry.name, "state": "UNAVAILABLE", "reason": entry.reason})
+        for state in entry.versions.values():
+            rows.append(
+                {
+                    "name": entry.name,
+                    "version": str(state.version),
+                    "state": state.state,
+                    "reason": state.reason,
+                }
+            )
+    return JSONResponse([r for r in rows if r["state"] == "READY" or not only_ready])
+
+
+@router.post("/v2/repository/models/{name}/load", response_model=RepositoryActionResponse)
+async def load(request: Request, name: str) -> JSONResponse:
+    body = await request.body()
+    parameters = (_object(body).get("parameters") or {}) if body.strip() else {}
+    if any(key == "config" or key.startswith("file:") for key in parameters):
+        raise BadRequest(
+            "loading with an override config or files is not supported; "
+            "put the bundle in the repository and load it by name"
+        )
+    plane = dataplane(request)
+    entry = await asyncio.to_thread(plane.repository.load, name)
+    if entry.default_version is None:
+        raise BadRequest(
+            f"model {name!r} failed to load: {plane.repository.describe_failure(entry)}"
+        )
+    return JSONResponse({"name": name, "load": True})
+
+
+@router.post("/v2/repository/models/{name}/unload", response_model=RepositoryActionResponse)
+async def unload(request: Request, name: str) -> JSONResponse:
+    dataplane(request).repository.unload(name)
+    return JSONResponse({"name": name, "unload": True})
+
+
+def _object(body: bytes) -> dict:  # type: ignore[type-arg]
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return document

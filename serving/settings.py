@@ -1,0 +1,101 @@
+"""Service settings: defaults < settings file (YAML or JSON) < `SERVING_*` env vars < CLI flags.
+
+Built once at the entry point and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="forbid")
+
+    repo: Path = Path("models")
+    """The model repository: one folder per model, numbered bundle versions inside."""
+    models: Annotated[list[str], NoDecode] = []
+    """Serve only these models (comma-separated in env); empty means every model in `repo`."""
+    host: str = "127.0.0.1"
+    """Address to bind; `0.0.0.0` in a container."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    """uvicorn worker processes, each with its own sessions."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = False
+    """One JSON object per log line (for Kubernetes log collectors)."""
+    access_log: bool = False
+    """Log every request (the metrics count them anyway)."""
+    settings_file: Path | None = None
+    """A YAML or JSON file of these settings; env vars and flags override it."""
+
+    providers: Annotated[list[str], NoDecode] = ["cpu"]
+    """Execution providers in order of preference: cpu, cuda, tensorrt (comma-separated in env)."""
+    allow_cpu_fallback: bool = False
+    """Serve on the CPU when a requested accelerator is unavailable, instead of failing."""
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    """onnxruntime threads per session; default: the CPUs this container may use."""
+
+    api_key: SecretStr | None = None
+    """When set, every route but the health probes needs `Authorization: Bearer <key>` or
+    `X-API-Key: <key>`."""
+    max_body_bytes: int = Field(default=64 * MIB, ge=1)
+    """Larger request bodies are refused with 413."""
+    max_batch_rows: int = Field(default=100_000, ge=1)
+    """More rows in one request are refused with 413."""
+    inference_workers: int = Field(default=1, ge=1)
+    """Session runs at a time; each uses `intra_op_threads` threads."""
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    """An inference running longer answers 504."""
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish."""
+
+    @field_validator("providers", "models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Settings from the file named by the overrides or env, then env, then overrides."""
+        first = cls(**overrides)
+        if first.settings_file is None:
+            return first
+        from_file = read_settings_file(first.settings_file)
+        from_env = cls.model_validate({})  # env only, to see which keys the env set
+        merged = {**from_file, **from_env.model_dump(exclude_unset=True), **overrides}
+        return cls.model_validate(merged)
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML too
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"settings file {path}: {' '.join(str(e).split())}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"settings file {path}: expected a mapping of setting names to values")
+    return data
