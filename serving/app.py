@@ -45,12 +45,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(asyncio.to_thread(plane.load_all))
+        plane.start()
+        loading = None if plane.loaded else asyncio.create_task(asyncio.to_thread(plane.load_all))
         try:
             yield
         finally:
             plane.stopping = True
-            await loading
+            if loading is not None:
+                await loading
             plane.close()
 
     app = FastAPI(

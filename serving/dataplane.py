@@ -29,9 +29,18 @@ class DataPlane:
         self.loaded = False
         """True once the startup load finished (whatever each model's outcome)."""
         self.stopping = False
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.inference_workers, thread_name_prefix="inference"
+        self.executor = self._new_executor()
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=self.settings.inference_workers, thread_name_prefix="inference"
         )
+
+    def start(self) -> None:
+        """(Re)open for requests: the app's lifespan may start and stop more than once."""
+        if self.stopping:
+            self.executor = self._new_executor()
+        self.stopping = False
 
     @property
     def ready(self) -> bool:
@@ -79,5 +88,6 @@ class DataPlane:
         return prediction.outputs
 
     def close(self) -> None:
+        """Stop taking requests; runs in flight finish first."""
         self.stopping = True
         self.executor.shutdown(wait=True, cancel_futures=False)

@@ -192,7 +192,8 @@ def _from_json(tensor: RequestInput) -> np.ndarray:
         raise BadRequest(
             f"input {name!r}: shape {shape} needs {count} values but 'data' has {values.size}"
         )
-    return values.reshape(shape).astype(DTYPES[datatype], copy=False)
+    with np.errstate(over="ignore"):  # too large for FP32 becomes inf, refused as not finite
+        return values.reshape(shape).astype(DTYPES[datatype], copy=False)
 
 
 def _from_binary(tensor: RequestInput, binary: bytes, offset: int) -> tuple[np.ndarray, int]:

@@ -55,7 +55,10 @@ def test_hidden_layers_on_request(model: inference.Model):
         ([], r"got shape \[0\]"),
         (np.zeros((0, 4)), r"the batch is empty"),
         ([[1.0, "tall", 3.0, 4.0]], r"features must be numbers, got text such as 'tall'"),
-        ([["5.1", "3.5", "1.4", "0.2"]], r"features must be numbers, got quoted numbers such as '5.1'"),
+        (
+            [["5.1", "3.5", "1.4", "0.2"]],
+            r"features must be numbers, got quoted numbers such as '5.1'",
+        ),
         ([[True, False, True, False]], r"features must be numbers, got true/false values"),
         ([[1.0, None, 3.0, 4.0]], r"features must be numbers, got null \(a missing value\)"),
         (

@@ -1,0 +1,37 @@
+"""Settings: defaults < settings file < SERVING_* env vars < command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.settings import Settings
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    file = tmp_path / "serving.yaml"
+    file.write_text("port: 7000\nlog_level: debug\nmax_batch_rows: 5\nproviders: [cuda, cpu]\n")
+    monkeypatch.setenv("SERVING_LOG_LEVEL", "warning")
+    monkeypatch.setenv("SERVING_MODELS", "iris, side_effects")
+    settings = Settings.load(settings_file=file, max_batch_rows=9)
+    assert settings.port == 7000  # file
+    assert settings.log_level == "warning"  # env over file
+    assert settings.max_batch_rows == 9  # flag over file
+    assert settings.providers == ["cuda", "cpu"]
+    assert settings.models == ["iris", "side_effects"]
+
+
+def test_defaults_are_safe():
+    settings = Settings()
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8080, 1)
+    assert settings.api_key is None
+    assert settings.max_body_bytes == 64 * 1024 * 1024
+    assert settings.providers == ["cpu"] and not settings.allow_cpu_fallback
+
+
+def test_unknown_settings_are_refused(tmp_path: Path):
+    file = tmp_path / "s.json"
+    file.write_text('{"prot": 80}')
+    with pytest.raises(ValueError, match="prot"):
+        Settings.load(settings_file=file)
