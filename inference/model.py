@@ -23,6 +23,17 @@ from inference.runtime import RuntimeOptions, build_session
 
 
 @dataclass(frozen=True)
+class Latency:
+    """A session's measured cost: `fixed_s + rows * per_row_s` seconds for a batch."""
+
+    fixed_s: float
+    per_row_s: float
+
+    def estimate(self, rows: int) -> float:
+        return self.fixed_s + rows * self.per_row_s
+
+
+@dataclass(frozen=True)
 class Prediction:
     """Named outputs for a batch, with the class labels when the model is a classifier."""
 
@@ -62,6 +73,8 @@ class Model:
         self.session = session
         self.input_name = metadata.input.name
         self.load_seconds = 0.0
+        self.latency: Latency | None = None
+        """Measured by `warm_up`; None before."""
 
     @classmethod
     def load(
@@ -120,10 +133,24 @@ class Model:
         values = self.session.run(names, {self.input_name: matrix})
         return Prediction(dict(zip(names, values, strict=True)), self.metadata)
 
-    def warm_up(self, rows: int = 1) -> None:
-        """Run a dummy batch so the first real request does not pay for lazy initialisation."""
+    def warm_up(self, probe_rows: int = 256) -> Latency:
+        """Run dummy batches so the first real request pays no lazy initialisation, and measure
+        the session's cost (fixed and per row) so callers can decide where to run a batch."""
         n_features = len(self.metadata.feature_names)
-        self.session.run(None, {self.input_name: np.zeros((rows, n_features), np.float32)})
+
+        def median_seconds(rows: int, repeats: int) -> float:
+            batch = {self.input_name: np.zeros((rows, n_features), np.float32)}
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.session.run(None, batch)
+                times.append(time.perf_counter() - start)
+            return sorted(times)[len(times) // 2]
+
+        median_seconds(1, 3)  # first runs allocate; not measured
+        one, many = median_seconds(1, 7), median_seconds(probe_rows, 3)
+        self.latency = Latency(fixed_s=one, per_row_s=max(0.0, (many - one) / (probe_rows - 1)))
+        return self.latency
 
 
 def load(

@@ -1,8 +1,10 @@
 """The protocol-free core that every route calls: find a ready model, run a batch, time it.
 
-CPU-bound `session.run` calls go to a small dedicated executor, never onto the event loop, and
-are bounded by the request timeout. Both protocols (v2 and v1) share this path, so their
-answers cannot differ.
+Where a batch runs depends on its measured cost (`Model.warm_up`): a batch estimated under
+`inline_max_us` runs on the event loop, because handing it to a thread costs more than the
+work (the thread must win the GIL back from a busy loop after a 5 µs run); anything larger goes
+to a small dedicated executor, bounded by the request timeout, so the loop never stalls. Both
+protocols (v2 and v1) share this path, so their answers cannot differ.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class DataPlane:
                 "split the batch"
             )
         check_rows(matrix, model.metadata.input)
+        latency = model.latency
+        if latency is not None and latency.estimate(rows) * 1e6 <= self.settings.inline_max_us:
+            return self._run(model, matrix, outputs)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, self._run, model, matrix, outputs)
         try:

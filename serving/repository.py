@@ -193,7 +193,7 @@ class ModelRepository:
         start = time.perf_counter()
         try:
             model = inference.load(folder, version=version, options=self.options)
-            model.warm_up()
+            latency = model.warm_up()
         except inference.InferenceError as e:
             log.error(
                 "model %s version %d failed to load: %s",
@@ -207,11 +207,13 @@ class ModelRepository:
         if model.name != name:
             log.warning("bundle %s is named %r; serving it as %r", model.path, model.name, name)
         log.info(
-            "loaded model %s version %d in %.3fs on %s",
+            "loaded model %s version %d in %.3fs on %s (measured %.1f µs + %.2f µs/row)",
             name,
             version,
             seconds,
             ", ".join(model.providers),
+            latency.fixed_s * 1e6,
+            latency.per_row_s * 1e6,
             extra={"model": name, "version": version},
         )
         if self.on_load is not None:

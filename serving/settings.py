@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(default=100_000, ge=1)
     """More rows in one request are refused with 413."""
     inference_workers: int = Field(default=1, ge=1)
-    """Session runs at a time; each uses `intra_op_threads` threads."""
+    """Session runs at a time off the event loop; each uses `intra_op_threads` threads."""
+    inline_max_us: float = Field(default=500.0, ge=0)
+    """Batches whose measured cost is below this run on the event loop (no thread hand-off);
+    0 sends every batch to the executor."""
     request_timeout_s: float = Field(default=30.0, gt=0)
     """An inference running longer answers 504."""
     drain_timeout_s: float = Field(default=30.0, ge=0)
