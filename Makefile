@@ -1,11 +1,11 @@
 # The two commands of the README:
-#   make run    install into .venv, train the default models if their bundles are missing, show them
+#   make run    install into .venv, train the default models if their bundles are missing, serve them
 #   make test   install what the tests need into .venv, then lint, type-check and run every test
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest bench-serving clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	$(BIN)/python -m training models --if-missing
+	$(BIN)/python -m serving --repo models
 
 test: $(VENV)/.installed-test lint typecheck pytest
 
@@ -33,6 +34,10 @@ typecheck: $(VENV)/.installed-test
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/pytest
+
+# Benchmarks need wrk (Debian: apt-get install wrk); results go to bench/RESULTS.md.
+bench-serving: $(VENV)/.installed-test
+	$(BIN)/python bench/serving_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -27,8 +27,9 @@ wrk.body = [=[{body}]=]
 {headers}
 done = function(summary, latency, requests)
   local e = summary.errors
+  local io_errors = e.connect + e.read + e.write + e.timeout
   io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+    latency:percentile(50), latency:percentile(99), e.status, io_errors))
 end
 """
 
@@ -130,8 +131,9 @@ def machine() -> str:
     import onnxruntime
 
     cpus = len(os.sched_getaffinity(0))
+    processor = platform.processor() or platform.machine()
     return (
-        f"{cpus} CPUs ({platform.processor() or platform.machine()}), Python {platform.python_version()}, "
+        f"{cpus} CPUs ({processor}), Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}"
     )
 

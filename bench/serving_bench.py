@@ -1,6 +1,6 @@
 """Serving benchmark: our endpoints against the HTTP floor, side by side, in one run.
 
-    make bench-serving          # or: .venv/bin/python bench/serving_bench.py --duration 5 --repeats 3
+    make bench-serving    # or: .venv/bin/python bench/serving_bench.py --duration 5 --repeats 3
 
 Starts, each in its own process on 127.0.0.1 (one uvicorn worker, uvloop + httptools, no
 access log): a raw ASGI app and a FastAPI endpoint that return a constant (the floor), and
@@ -174,8 +174,9 @@ def main() -> None:
     )
     text = f"""## Serving (HTTP)
 
-`{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}. One uvicorn worker per server, wrk with
-one thread and one request per row; medians of {args.repeats} interleaved runs of {args.duration:g} s.
+`{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}.
+One uvicorn worker per server, wrk with one thread and one row per request;
+medians of {args.repeats} interleaved runs of {args.duration:g} s.
 The wide model is 256 → 1024 → 1024 → 10 (softmax), random weights.
 
 {table(results, args.concurrency)}

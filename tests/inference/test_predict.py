@@ -128,3 +128,25 @@ def test_unknown_provider(iris_bundle: Path):
         match=r"unknown execution provider 'tpu'; known: cpu, cuda, tensorrt",
     ):
         inference.load(iris_bundle, options=RuntimeOptions(providers=("tpu",)))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs → 2 threads
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_threads_follow_the_container_cpu_quota(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+):
+    import os
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    host = len(os.sched_getaffinity(0))
+    assert inference.available_cpus(tmp_path) == min(host, expected or host)
