@@ -12,11 +12,11 @@ $(BIN)/python:
 
 # Reinstall only when pyproject.toml changes (the install is editable: code changes need none).
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --editable '.[train,serve]'
+	$(BIN)/pip install --quiet --editable '.[train,serve,batch]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --editable '.[train,serve,dev]'
+	$(BIN)/pip install --quiet --editable '.[train,serve,batch,dev]'
 	touch $@
 
 run: $(VENV)/.installed-run

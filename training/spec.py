@@ -115,8 +115,9 @@ class BatchNormalizationSpec(_Layer):
     scale: bool = True
 
 
-RESERVED_NAMES = frozenset({"features", "scores", "class_index", "predictions"})
-"""Names of the graph's input and outputs, which layer outputs must not shadow."""
+RESERVED_NAMES = frozenset({"features", "scores", "class_index", "predictions", "label", "error"})
+"""Names of the graph's input and outputs (and of the batch job's derived columns), which layer
+outputs must not shadow."""
 
 LayerSpec = Annotated[
     DenseSpec | ActivationSpec | DropoutSpec | BatchNormalizationSpec, Field(discriminator="type")

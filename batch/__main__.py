@@ -1,0 +1,96 @@
+"""`python -m batch score --model models/side_effects --input data.parquet --output scored/`
+
+Scores a table with a bundle on Spark: an embedded `local[*]` by default, any cluster through
+`--master` or `spark-submit`. Errors are one line on stderr: exit 2 for a wrong argument or
+input, 1 when the job failed or `--fail-on-bad-rows` found bad rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pyspark.errors import PySparkException
+
+import inference
+from batch.job import JobError, run
+from batch.session import spark_session
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m batch", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="score a table with a model bundle")
+    score.add_argument(
+        "--model", required=True, help="a model folder (latest version) or a version folder"
+    )
+    score.add_argument("--version", type=int, help="a version of the model folder")
+    score.add_argument("--input", required=True, help="Parquet or CSV file or folder")
+    score.add_argument("--output", required=True, help="where to write the scored table")
+    score.add_argument(
+        "--format", choices=("parquet", "csv"), help="input format (default: from the extension)"
+    )
+    score.add_argument("--output-format", choices=("parquet", "csv"), default="parquet")
+    score.add_argument(
+        "--mode",
+        choices=("error", "overwrite"),
+        default="error",
+        help="if the output exists: fail (default) or replace it",
+    )
+    score.add_argument(
+        "--prefix", default="pred_", help="prefix of the output columns (default pred_)"
+    )
+    score.add_argument(
+        "--outputs", help="model outputs to add, comma-separated, e.g. a hidden layer: dense_1"
+    )
+    score.add_argument(
+        "--features-column", help="one array column holding all features, in model order"
+    )
+    score.add_argument("--master", help="Spark master (default local[*], or spark-submit's)")
+    score.add_argument(
+        "--fail-on-bad-rows",
+        action="store_true",
+        help="exit 1 without writing if any row cannot be scored",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection chatter is not ours
+    try:
+        inference.resolve_bundle_dir(args.model, args.version)  # fail before starting Spark
+        spark = spark_session(args.master)
+        report = run(
+            spark,
+            model=args.model,
+            input_path=args.input,
+            output_path=args.output,
+            fmt=args.format,
+            output_format=args.output_format,
+            mode=args.mode,
+            prefix=args.prefix,
+            outputs=args.outputs.split(",") if args.outputs else None,
+            features_column=args.features_column,
+            version=args.version,
+            fail_on_bad_rows=args.fail_on_bad_rows,
+        )
+    except (inference.InferenceError, JobError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1 if "--fail-on-bad-rows" in str(e) else 2
+    except PySparkException as e:  # Spark's own refusal (unreadable input, bad path, ...)
+        print(f"error: Spark: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(
+        f"Scored {report.rows} rows ({report.bad_rows} could not be scored) into {report.output} "
+        f"in {report.seconds:.1f}s ({report.rows_per_second:,.0f} rows/s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Score a Spark DataFrame with a bundle: every input column kept, the model's outputs added.
+
+    from batch import score_dataframe
+    scored = score_dataframe(df, "models/side_effects")        # lazy, like any transformation
+
+Only the feature columns travel to Python (through Arrow, as an iterator UDF); the other
+columns stay in the JVM. Output columns, with the default prefix `pred_`:
+- classifiers: `pred_label`, `pred_class_index`, `pred_scores` (array, in class order) and one
+  `pred_score_<class>` column per class;
+- regressors: `pred_predictions` (array) and `pred_prediction` when there is one output;
+- featurization (`outputs=["dense_1"]`): `pred_dense_1` (array) per requested layer;
+- always `pred_error`: null, or why the row could not be scored (its outputs are null).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.functions import arrow_udf
+
+import inference
+from batch.worker import ScoringSpec, score_batches
+
+STRUCT_COLUMN = "__bundle_outputs__"
+_arrow_udf = cast(Any, arrow_udf)  # pyspark's stubs miss the type-hinted form used here
+_SHIPPED: dict[str, str] = {}
+"""sha256 → shipped folder name, per driver process (a bundle is shipped once)."""
+
+
+class ScoringError(ValueError):
+    """The job cannot start: a missing feature column, a name clash, an unusable column type."""
+
+
+def score_dataframe(
+    df: DataFrame,
+    model: str | Path,
+    *,
+    version: int | None = None,
+    prefix: str = "pred_",
+    outputs: Sequence[str] | None = None,
+    features_column: str | None = None,
+) -> DataFrame:
+    """`df` with the model's outputs appended (see the module docstring for the columns)."""
+    bundle = inference.load(model, version=version)  # verified here, before any work starts
+    meta = bundle.metadata
+    spec = scoring_spec(df.sparkSession, bundle, outputs, features_column)
+    _check_input(df, spec)
+    columns = output_columns(spec, prefix)
+    clash = sorted(set(df.columns) & {name for name, _ in columns})
+    if clash:
+        raise ScoringError(
+            f"output column(s) {', '.join(clash)} already exist in the input; choose another "
+            f"prefix (now {prefix!r})"
+        )
+    inputs = [features_column] if features_column else list(meta.feature_names)
+    udf = scoring_udf(spec, len(inputs))
+    scored = df.withColumn(STRUCT_COLUMN, udf(*[F.col(f"`{c}`") for c in inputs]))
+    return scored.select(
+        *[F.col(f"`{c}`") for c in df.columns], *[col.alias(name) for name, col in columns]
+    )
+
+
+def scoring_udf(spec: ScoringSpec, arguments: int) -> Any:
+    """The scalar-iterator Arrow UDF over `arguments` columns (its type is read from the hints)."""
+    if arguments == 1:
+
+        def one(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+            return score_batches(spec, batches)
+
+        return _arrow_udf(one, spec.ddl)
+
+    def many(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+        return score_batches(spec, batches)
+
+    return _arrow_udf(many, spec.ddl)
+
+
+def output_columns(spec: ScoringSpec, prefix: str) -> list[tuple[str, Column]]:
+    struct = F.col(STRUCT_COLUMN)
+    columns: list[tuple[str, Column]] = []
+    for name, _ in spec.fields:
+        columns.append((f"{prefix}{name}", struct.getField(name)))
+        if name == "scores" and spec.classes is not None:
+            columns += [
+                (f"{prefix}score_{safe_name(label)}", struct.getField("scores")[i])
+                for i, label in enumerate(spec.classes)
+            ]
+        if name == "predictions" and spec.widths[spec.outputs.index(name)] == 1:
+            columns.append((f"{prefix}prediction", struct.getField("predictions")[0]))
+    return columns
+
+
+def safe_name(label: str) -> str:
+    """A class label as a column-name suffix (Parquet refuses ' ,;{}()=' and control chars)."""
+    return re.sub(r"[\s,;{}()=]+", "_", label).strip("_") or "class"
+
+
+def scoring_spec(
+    spark: SparkSession,
+    model: inference.Model,
+    outputs: Sequence[str] | None,
+    features_column: str | None,
+) -> ScoringSpec:
+    meta = model.metadata
+    names = list(outputs) if outputs else meta.default_outputs
+    known = {o.name: o for o in meta.outputs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ScoringError(f"unknown output(s) {unknown}; the model has: {', '.join(known)}")
+    return ScoringSpec(
+        shipped_name=ship(spark, model.path, meta.onnx.sha256),
+        driver_path=str(model.path.resolve()),
+        sha256=meta.onnx.sha256,
+        threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
+        feature_names=tuple(meta.feature_names),
+        features_column=features_column,
+        outputs=tuple(names),
+        classes=tuple(meta.classes) if meta.classes else None,
+        widths=tuple(known[n].shape[1] if len(known[n].shape) == 2 else 0 for n in names),
+    )
+
+
+def ship(spark: SparkSession, bundle_dir: Path, sha256: str) -> str:
+    """Send the bundle folder to every executor once (`SparkFiles`), under a unique name."""
+    if sha256 not in _SHIPPED:
+        name = f"bundle-{sha256[:16]}"
+        staging = Path(tempfile.mkdtemp(prefix="bundle-ship-")) / name
+        shutil.copytree(bundle_dir, staging, ignore=shutil.ignore_patterns("*.png"))
+        spark.sparkContext.addFile(str(staging), recursive=True)
+        _SHIPPED[sha256] = name
+    return _SHIPPED[sha256]
+
+
+def _check_input(df: DataFrame, spec: ScoringSpec) -> None:
+    types = {f.name: f.dataType for f in df.schema.fields}
+    if spec.features_column is not None:
+        kind = types.get(spec.features_column)
+        if kind is None:
+            raise ScoringError(
+                f"features column {spec.features_column!r} is not in the input; "
+                f"columns: {', '.join(df.columns)}"
+            )
+        if not (isinstance(kind, T.ArrayType) and _numeric(kind.elementType)):
+            raise ScoringError(
+                f"features column {spec.features_column!r} must be an array of numbers, "
+                f"got {kind.simpleString()}"
+            )
+        return
+    missing = [f for f in spec.feature_names if f not in types]
+    if missing:
+        raise ScoringError(
+            f"feature column(s) {', '.join(map(repr, missing))} are not in the input; the model "
+            f"expects {', '.join(spec.feature_names)}; input columns: {', '.join(df.columns)}"
+        )
+    unusable = [
+        f"{f} ({types[f].simpleString()})"
+        for f in spec.feature_names
+        if not (_numeric(types[f]) or isinstance(types[f], T.StringType))
+    ]
+    if unusable:
+        raise ScoringError(
+            f"feature column(s) must hold numbers (or text of numbers): {', '.join(unusable)}"
+        )
+
+
+def _numeric(kind: T.DataType) -> bool:
+    return isinstance(kind, T.NumericType)

@@ -1,0 +1,84 @@
+"""A Spark ML `Transformer` over a bundle, for `pyspark.ml.Pipeline`s.
+
+    from batch.transformer import BundleTransformer
+    pipeline = Pipeline(stages=[BundleTransformer(modelPath="models/side_effects"), ...])
+    pipeline.fit(df).write().save("pipeline/")       # saved and reloaded with the pipeline
+
+The transformer saves its parameters (the bundle path among them) as Spark ML's default
+writer does; the bundle itself stays where it is and is verified again when the pipeline runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame
+
+from batch.scoring import score_dataframe
+
+
+class BundleTransformer(
+    Transformer, DefaultParamsReadable["BundleTransformer"], DefaultParamsWritable
+):
+    _input_kwargs: dict[str, Any]  # set by @keyword_only
+
+    modelPath = Param(
+        Params._dummy(),
+        "modelPath",
+        "model folder (latest version) or version folder",
+        typeConverter=TypeConverters.toString,
+    )
+    outputPrefix = Param(
+        Params._dummy(),
+        "outputPrefix",
+        "prefix of the output columns",
+        typeConverter=TypeConverters.toString,
+    )
+    outputs = Param(
+        Params._dummy(),
+        "outputs",
+        "model outputs to add (default: the model's own)",
+        typeConverter=TypeConverters.toListString,
+    )
+    featuresColumn = Param(
+        Params._dummy(),
+        "featuresColumn",
+        "one array column holding all features (default: one column each)",
+        typeConverter=TypeConverters.toString,
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        modelPath: str | None = None,
+        outputPrefix: str = "pred_",
+        outputs: list[str] | None = None,
+        featuresColumn: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._setDefault(outputPrefix="pred_", outputs=[])
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs: Any) -> BundleTransformer:
+        result: BundleTransformer = self._set(**self._input_kwargs)
+        return result
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        if not self.isDefined(self.modelPath):
+            raise ValueError("BundleTransformer needs modelPath")
+        features = (
+            self.getOrDefault(self.featuresColumn) if self.isDefined(self.featuresColumn) else None
+        )
+        return score_dataframe(
+            dataset,
+            self.getOrDefault(self.modelPath),
+            prefix=self.getOrDefault(self.outputPrefix),
+            outputs=self.getOrDefault(self.outputs) or None,
+            features_column=features,
+        )

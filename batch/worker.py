@@ -1,0 +1,125 @@
+"""What runs inside Spark's Python workers: one cached session, Arrow batches in, a struct out.
+
+The session is cached at module level, keyed by the bundle's sha256 and the thread count, so a
+Python worker builds it once and reuses it for every partition and every job that scores the
+same bundle. It is never rebuilt per row, per batch or per partition. The bundle folder reaches
+executors through `SparkContext.addFile`, not through the pickled closure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+import inference
+from batch import convert
+
+_MODELS: dict[tuple[str, int], inference.Model] = {}
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Everything a worker needs, small enough to pickle into the UDF."""
+
+    shipped_name: str
+    """The bundle folder's name among the files shipped with `SparkContext.addFile`."""
+    driver_path: str
+    """The bundle folder on the driver (used where executors share its file system)."""
+    sha256: str
+    threads: int
+    feature_names: tuple[str, ...]
+    features_column: str | None
+    outputs: tuple[str, ...]
+    """ONNX outputs to return: by default the model's scores and class index (or values)."""
+    classes: tuple[str, ...] | None
+    widths: tuple[int, ...]
+    """Width of each 2-D output in `outputs` (0 for the 1-D class index)."""
+
+    @property
+    def fields(self) -> list[tuple[str, str]]:
+        """The struct the UDF returns: (name, Spark SQL type)."""
+        fields = [
+            (name, "bigint" if width == 0 else "array<float>")
+            for name, width in zip(self.outputs, self.widths, strict=True)
+        ]
+        if self.classes is not None and "class_index" in self.outputs:
+            fields.append(("label", "string"))
+        return [*fields, ("error", "string")]
+
+    @property
+    def ddl(self) -> str:
+        return ", ".join(f"`{name}` {kind}" for name, kind in self.fields)
+
+
+def model_for(spec: ScoringSpec) -> inference.Model:
+    key = (spec.sha256, spec.threads)
+    model = _MODELS.get(key)
+    if model is None:
+        options = inference.RuntimeOptions(
+            intra_op_threads=spec.threads, inter_op_threads=1, allow_spinning=False
+        )
+        model = inference.load(_bundle_path(spec), options=options)
+        if model.metadata.onnx.sha256 != spec.sha256:
+            raise inference.BundleError(
+                f"{model.path}: the bundle changed since the job started (sha256 differs)"
+            )
+        _MODELS[key] = model
+    return model
+
+
+def _bundle_path(spec: ScoringSpec) -> str:
+    try:
+        from pyspark import SparkFiles
+
+        shipped = SparkFiles.get(spec.shipped_name)
+        if os.path.isdir(shipped):
+            return shipped
+    except Exception:  # no SparkContext here (plain Python): use the driver path
+        pass
+    return spec.driver_path
+
+
+def score_batches(
+    spec: ScoringSpec, batches: Iterator[pa.Array | tuple[pa.Array, ...]]
+) -> Iterator[pa.StructArray]:
+    """The body of the scalar-iterator Arrow UDF."""
+    model = model_for(spec)
+    for batch in batches:
+        arrays = list(batch) if isinstance(batch, tuple) else [batch]
+        yield score_arrays(spec, model, arrays)
+
+
+def score_arrays(
+    spec: ScoringSpec, model: inference.Model, arrays: list[pa.Array]
+) -> pa.StructArray:
+    names = list(spec.feature_names)
+    if spec.features_column is not None:
+        features = convert.from_array_column(arrays[0], names, spec.features_column)
+    else:
+        features = convert.from_columns(arrays, names)
+    n = len(features.matrix)
+    mask = pa.array(features.bad) if features.errors else None
+    # Bad rows hold zeros: scoring them costs less than copying the good ones out; their
+    # outputs are masked to null below.
+    outputs = model.run(features.matrix, list(spec.outputs)).outputs if n else {}
+    columns: list[pa.Array] = []
+    for name, width in zip(spec.outputs, spec.widths, strict=True):
+        value = outputs.get(name)
+        if value is None:
+            columns.append(pa.nulls(0, pa.int64() if width == 0 else pa.list_(pa.float32())))
+        elif width == 0:
+            columns.append(pa.array(value, pa.int64(), mask=features.bad if mask else None))
+        else:
+            offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+            values = pa.array(np.ascontiguousarray(value, np.float32).ravel())
+            columns.append(pa.ListArray.from_arrays(offsets, values, mask=mask))
+    if spec.classes is not None and "class_index" in spec.outputs:
+        index = outputs["class_index"] if n else np.zeros(0, np.int64)
+        labels = np.asarray(spec.classes, dtype=object)[index]
+        columns.append(pa.array(labels, pa.string(), mask=features.bad if mask else None))
+    columns.append(features.error_array())
+    return pa.StructArray.from_arrays(columns, names=[name for name, _ in spec.fields])
