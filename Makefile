@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench-serving clean
+.PHONY: run test lint typecheck pytest bench-serving bench-batch clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ pytest: $(VENV)/.installed-test
 # Benchmarks need wrk (Debian: apt-get install wrk); results go to bench/RESULTS.md.
 bench-serving: $(VENV)/.installed-test
 	$(BIN)/python bench/serving_bench.py
+
+bench-batch: $(VENV)/.installed-test
+	$(BIN)/python bench/batch_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,36 +24,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, Measurement, Process, machine, median, to_json, write_section, wrk
-
-WIDE_FEATURES = 256
+from bench.models import WIDE_FEATURES, make_wide_bundle
 
 
 def make_repository(folder: Path) -> Path:
     """side_effects as committed, plus a wide classifier with random weights."""
-    import torch
-
-    from training import export_module
-
     shutil.copytree(
         ROOT / "models" / "side_effects",
         folder / "side_effects",
         ignore=shutil.ignore_patterns("model.yaml"),
     )
-    torch.manual_seed(0)
-    wide = torch.nn.Sequential(
-        torch.nn.Linear(WIDE_FEATURES, 1024),
-        torch.nn.ReLU(),
-        torch.nn.Linear(1024, 1024),
-        torch.nn.ReLU(),
-        torch.nn.Linear(1024, 10),
-    )
-    export_module(
-        wide,
-        folder / "wide",
-        feature_names=[f"f{i}" for i in range(WIDE_FEATURES)],
-        classes=[f"c{i}" for i in range(10)],
-        output_activation="softmax",
-    )
+    make_wide_bundle(folder / "wide")
     return folder
 
 

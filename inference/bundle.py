@@ -15,7 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from inference.errors import BundleError
+from inference.errors import BundleError, describe_problems
 from inference.metadata import METADATA_FILE, BundleMetadata, TensorInfo
 
 ORT_TYPES = {
@@ -73,10 +73,9 @@ def read_metadata(bundle_dir: Path) -> BundleMetadata:
     except json.JSONDecodeError as e:
         raise BundleError(f"{file}: not valid JSON: {e}") from e
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors()
-        )
-        raise BundleError(f"{file}: invalid bundle metadata: {problems}") from e
+        raise BundleError(
+            f"{file}: invalid bundle metadata: {describe_problems(e.errors())}"
+        ) from e
 
 
 def sha256_of(file: Path) -> str:

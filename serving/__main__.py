@@ -18,6 +18,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from inference import ProviderUnavailableError, available_cpus
+from inference.errors import describe_problems
 from inference.runtime import resolve_providers
 from serving import logs
 from serving.app import create_app
@@ -71,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.load(**parse_args(argv))
         check(settings)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-        )
-        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        print(f"error: invalid settings: {describe_problems(e.errors())}", file=sys.stderr)
         return 2
     except (ValueError, ProviderUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
+from inference.errors import describe_problems
 from inference.metadata import BundleMetadata
 from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from serving.schemas import InferenceRequest, RequestInput
@@ -123,10 +124,7 @@ def decode_request(body: Body, metadata: BundleMetadata) -> DecodedRequest:
     try:
         request = InferenceRequest.model_validate(document)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise BadRequest(f"invalid inference request: {problems}") from e
+        raise BadRequest(f"invalid inference request: {describe_problems(e.errors())}") from e
     parameters = request.parameters or {}
     if "classification" in parameters:
         raise BadRequest("the classification extension is not supported; read 'scores'")
