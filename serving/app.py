@@ -19,6 +19,7 @@ import inference
 from serving import schemas
 from serving.dataplane import DataPlane
 from serving.errors import install_handlers
+from serving.hot_path import HotPathMiddleware
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from serving.protocol import health, repository_api, v1, v2
@@ -33,6 +34,7 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
         providers=tuple(settings.providers),
         allow_cpu_fallback=settings.allow_cpu_fallback,
         intra_op_threads=settings.intra_op_threads,
+        allow_spinning=settings.allow_spinning,
     )
 
 
@@ -75,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     install_handlers(app)
+    app.add_middleware(HotPathMiddleware)  # innermost: after metrics, limits and the API key
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value())
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

@@ -58,12 +58,23 @@ def error_response(
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def client_error_response(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The answer to a client error (ours or invalid input), logged at INFO."""
+    status = exc.status if isinstance(exc, ServingError) else 400
+    log.info("%s %s -> %d: %s", method, path, status, exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return error_response(status, str(exc), headers)
+
+
+def internal_error_response(method: str, path: str) -> JSONResponse:
+    """The answer to our own bug: logged with its traceback, nothing internal in the body."""
+    log.exception("unhandled error on %s %s", method, path)
+    return error_response(500, "internal server error (logged on the server)")
+
+
 def install_handlers(app: FastAPI) -> None:
     async def serving_error(request: Request, exc: Exception) -> JSONResponse:
-        status = exc.status if isinstance(exc, ServingError) else 400
-        log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error_response(status, str(exc), headers)
+        return client_error_response(request.method, request.url.path, exc)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
@@ -74,8 +85,7 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(400, f"invalid request: {describe_problems(exc.errors())}")
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error (logged on the server)")
+        return internal_error_response(request.method, request.url.path)
 
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(InvalidInputError, serving_error)
