@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 
 import inference
@@ -79,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
             version=args.version,
             fail_on_bad_rows=args.fail_on_bad_rows,
         )
-    except (inference.InferenceError, JobError) as e:
+    except JobError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1 if "--fail-on-bad-rows" in str(e) else 2
+        return e.exit_code
+    except inference.InferenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except PySparkException as e:  # Spark's own refusal (unreadable input, bad path, ...)
         print(f"error: Spark: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except Py4JJavaError as e:  # a JVM failure Spark did not translate (file system, job abort)
+        print(f"error: Spark: {str(e.java_exception).splitlines()[0]}", file=sys.stderr)
         return 1
     print(
         f"Scored {report.rows} rows ({report.bad_rows} could not be scored) into {report.output} "

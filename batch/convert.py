@@ -64,12 +64,12 @@ def from_array_column(array: pa.Array, names: list[str], column: str) -> Feature
     matrix = np.zeros((n, k), np.float32)
     good = lengths == k
     if good.all():
-        values = pc.cast(array.flatten(), pa.float32()).to_numpy(zero_copy_only=False)
-        matrix = values.reshape(n, k)
+        values = pc.cast(array.flatten(), pa.float32(), safe=False)
+        matrix = values.to_numpy(zero_copy_only=False, writable=True).reshape(n, k)
     elif good.any():
         kept = array.filter(pa.array(good))
-        values = pc.cast(kept.flatten(), pa.float32()).to_numpy(zero_copy_only=False)
-        matrix[good] = values.reshape(-1, k)
+        values = pc.cast(kept.flatten(), pa.float32(), safe=False)
+        matrix[good] = values.to_numpy(zero_copy_only=False).reshape(-1, k)
     _explain_non_finite(matrix, names, errors)
     return _zero_bad_rows(matrix, errors)
 

@@ -23,7 +23,15 @@ Format = Literal["parquet", "csv"]
 
 
 class JobError(Exception):
-    """The job failed for a reason the user can act on; the message says which."""
+    """The job cannot run as asked (arguments, input, output); the message says why."""
+
+    exit_code = 2
+
+
+class BadRowsError(JobError):
+    """`--fail-on-bad-rows` found rows that could not be scored."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def run(
         scored.write.format(output_format).option("header", "true").save(staging)
         rows, bad = _count(spark, staging, output_format, f"{prefix}error")
         if bad and fail_on_bad_rows:
-            raise JobError(
+            raise BadRowsError(
                 f"{bad} of {rows} rows could not be scored (--fail-on-bad-rows); "
                 f"first: {_first_error(spark, staging, output_format, prefix)}"
             )

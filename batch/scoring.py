@@ -32,8 +32,8 @@ from batch.worker import ScoringSpec, score_batches
 
 STRUCT_COLUMN = "__bundle_outputs__"
 _arrow_udf = cast(Any, arrow_udf)  # pyspark's stubs miss the type-hinted form used here
-_SHIPPED: dict[str, str] = {}
-"""sha256 → shipped folder name, per driver process (a bundle is shipped once)."""
+_SHIPPED: dict[tuple[str, str], str] = {}
+"""(Spark application, sha256) → shipped folder name: each bundle is shipped once per context."""
 
 
 class ScoringError(ValueError):
@@ -131,13 +131,14 @@ def scoring_spec(
 
 def ship(spark: SparkSession, bundle_dir: Path, sha256: str) -> str:
     """Send the bundle folder to every executor once (`SparkFiles`), under a unique name."""
-    if sha256 not in _SHIPPED:
+    key = (spark.sparkContext.applicationId, sha256)
+    if key not in _SHIPPED:
         name = f"bundle-{sha256[:16]}"
         staging = Path(tempfile.mkdtemp(prefix="bundle-ship-")) / name
         shutil.copytree(bundle_dir, staging, ignore=shutil.ignore_patterns("*.png"))
         spark.sparkContext.addFile(str(staging), recursive=True)
-        _SHIPPED[sha256] = name
-    return _SHIPPED[sha256]
+        _SHIPPED[key] = name
+    return _SHIPPED[key]
 
 
 def _check_input(df: DataFrame, spec: ScoringSpec) -> None:

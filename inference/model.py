@@ -123,6 +123,8 @@ class Model:
     def run(self, matrix: np.ndarray, outputs: Sequence[str] | None = None) -> Prediction:
         """Run an already validated float32 matrix; `outputs` defaults to the non-layer ones."""
         names = list(outputs) if outputs is not None else self.metadata.default_outputs
+        if not names or len(set(names)) != len(names):
+            raise InvalidInputError(f"ask for one or more distinct outputs, got {names}")
         known = [o.name for o in self.metadata.outputs]
         unknown = [n for n in names if n not in known]
         if unknown:

@@ -53,6 +53,9 @@ def check(settings: Settings) -> None:
     resolve_providers(tuple(settings.providers), settings.allow_cpu_fallback)
     if not settings.repo.is_dir():
         raise ValueError(f"model repository {settings.repo} is not a folder")
+    missing = [m for m in settings.models if not (settings.repo / m).is_dir()]
+    if missing:
+        raise ValueError(f"model(s) {', '.join(missing)} are not in the repository {settings.repo}")
 
 
 def export_to_env(settings: Settings) -> None:

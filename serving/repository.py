@@ -117,8 +117,13 @@ class ModelRepository:
         )
 
     def load_all(self) -> None:
+        """Load every model; a model that cannot load is recorded with its reason, never fatal."""
         for name in self.names_on_disk():
-            self.load(name)
+            try:
+                self.load(name)
+            except Exception as e:  # a missing folder, a permission error, an onnxruntime crash
+                log.exception("model %s not loaded", name, extra={"model": name})
+                self._entries[name] = ModelEntry(name, reason=str(e) or type(e).__name__)
 
     def load(self, name: str) -> ModelEntry:
         """(Re)load a model's versions from disk, warm them up, then swap them in."""
@@ -126,14 +131,23 @@ class ModelRepository:
         if "/" in name or name.startswith(".") or not folder.is_dir():
             raise ModelNotFound(f"model {name!r} is not in the repository {self.root}")
         with self._lock:
-            self._entries.setdefault(name, ModelEntry(name, reason="loading"))
+            previous = self._entries.setdefault(name, ModelEntry(name, reason="loading"))
             entry = self._build(name, folder)
+            if entry.default_version is None and previous.default_version is not None:
+                log.error(
+                    "reload of %s failed (%s); still serving the versions already loaded",
+                    name,
+                    self.describe_failure(entry),
+                    extra={"model": name},
+                )
+                return entry  # the caller reports the failure; the old sessions keep serving
             self._entries[name] = entry
         return entry
 
     def unload(self, name: str) -> None:
         self.entry(name)  # 404 if unknown
-        self._entries[name] = ModelEntry(name, reason="unloaded")
+        with self._lock:  # after a (re)load in progress, never interleaved with it
+            self._entries[name] = ModelEntry(name, reason="unloaded")
         log.info("unloaded model %s", name, extra={"model": name})
 
     def entry(self, name: str) -> ModelEntry:
@@ -203,6 +217,14 @@ class ModelRepository:
                 extra={"model": name, "version": version},
             )
             return VersionState(version, "UNAVAILABLE", reason=str(e))
+        except Exception as e:  # e.g. onnxruntime failing during warm-up, an unreadable file
+            log.exception(
+                "model %s version %d failed to load",
+                name,
+                version,
+                extra={"model": name, "version": version},
+            )
+            return VersionState(version, "UNAVAILABLE", reason=f"{type(e).__name__}: {e}")
         seconds = time.perf_counter() - start
         if model.name != name:
             log.warning("bundle %s is named %r; serving it as %r", model.path, model.name, name)

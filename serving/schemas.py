@@ -6,7 +6,7 @@ element; the codec turns it into numpy in one call and checks it there.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,7 +59,7 @@ class ModelReadyResponse(BaseModel):
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
-    shape: list[int] = Field(max_length=16)
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=16)
     datatype: Datatype
     parameters: Parameters | None = None
     data: Any = None
@@ -97,7 +97,7 @@ class InferenceRequest(BaseModel):
     id: str | None = None
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
+    outputs: list[RequestOutput] | None = Field(default=None, min_length=1)
 
 
 class ResponseOutput(BaseModel):

@@ -11,10 +11,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from inference import list_versions
+from inference import InferenceError, list_versions
 from training.export import ExportError
 from training.spec import SPEC_FILE, SpecError
 from training.train import train
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="a model folder, its model.yaml, or a folder of model folders",
     )
-    parser.add_argument("--epochs", type=int, help="override fit.epochs")
+    parser.add_argument("--epochs", type=positive_int, help="override fit.epochs")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), help="override fit.verbose")
     parser.add_argument(
         "--if-missing", action="store_true", help="skip models that already have a bundle version"
@@ -60,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ExportError as e:
+    except (ExportError, InferenceError) as e:
         print(f"error: export failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a read-only model folder
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; no bundle was written", file=sys.stderr)

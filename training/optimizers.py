@@ -125,6 +125,8 @@ def normalize(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"unknown parameter {key!r} for optimizer {name!r}; known: {', '.join(allowed)}"
             )
+        if value is None and key not in COMMON:
+            raise ValueError(f"{key} must be a number, got null")
         if key in BOOLEAN:
             if not isinstance(value, bool):
                 raise ValueError(f"{key} must be true or false, got {value!r}")

@@ -276,6 +276,11 @@ class Spec(_Section):
             return
         names = ["loss", *self.compile.metrics]
         known = names + [f"val_{n}" for n in names]
+        if stopping.monitor.startswith("val_") and self.validation_split == 0:
+            raise ValueError(
+                f"fit.early_stopping.monitor {stopping.monitor!r} needs validation rows; "
+                "set data.validation_split above 0 or monitor 'loss'"
+            )
         if stopping.monitor not in known:
             raise ValueError(
                 f"fit.early_stopping.monitor {stopping.monitor!r} is not logged; "

@@ -115,6 +115,8 @@ def parse_json(header: bytes) -> Any:
         return json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise BadRequest("the request body is nested too deeply") from e
 
 
 def decode_request(body: Body, metadata: BundleMetadata) -> DecodedRequest:
@@ -272,7 +274,7 @@ def encode_response(
     if request.id is not None:
         document["id"] = request.id
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not any(blobs):
+    if not blobs:
         return header, {"content-type": "application/json"}
     headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
     return header + b"".join(blobs), headers

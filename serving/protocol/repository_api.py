@@ -59,7 +59,7 @@ async def load(request: Request, name: str) -> JSONResponse:
 
 @router.post("/v2/repository/models/{name}/unload", response_model=RepositoryActionResponse)
 async def unload(request: Request, name: str) -> JSONResponse:
-    dataplane(request).repository.unload(name)
+    await asyncio.to_thread(dataplane(request).repository.unload, name)
     return JSONResponse({"name": name, "unload": True})
 
 

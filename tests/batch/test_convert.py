@@ -52,6 +52,18 @@ def test_array_column_layout():
     np.testing.assert_array_equal(features.matrix[[0, 4]], [[1, 2], [5, 6]])
 
 
+def test_nan_inside_well_formed_arrays_is_reported_not_a_crash():
+    features = from_array_column(pa.array([[1.0, 2.0], [float("nan"), 1.0]]), ["a", "b"], "x")
+    assert features.errors == {1: "feature 'a' is NaN"}
+    np.testing.assert_array_equal(features.matrix, [[1, 2], [0, 0]])
+
+
+def test_integer_arrays_of_any_size():
+    features = from_array_column(pa.array([[2**40, 1]], pa.list_(pa.int64())), ["a", "b"], "x")
+    assert features.errors == {}
+    assert features.matrix[0, 0] == np.float32(2**40)
+
+
 def test_an_empty_batch():
     features = from_columns([pa.array([], pa.float64())], ["a"])
     assert features.matrix.shape == (0, 1)

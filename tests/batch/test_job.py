@@ -145,6 +145,21 @@ def test_errors_are_one_line(patients: Path, tmp_path: Path, args: list[str], me
     assert "Traceback" not in result.stderr
 
 
+def test_a_jvm_failure_is_one_line(tmp_path: Path):
+    result = batch_cli(
+        "score",
+        "--model",
+        "models/side_effects",
+        "--input",
+        "nosuchfs://bucket/p.parquet",
+        "--output",
+        str(tmp_path / "o"),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Spark: ")
+    assert "Traceback" not in result.stderr
+
+
 def test_csv_in_and_out_with_featurization(tmp_path: Path):
     source = tmp_path / "p.csv"
     source.write_text("id,age\n1,70\n2,twenty\n3,\n4,20\n")

@@ -191,6 +191,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["--repo", "no/such/folder"], {}, "model repository no/such/folder is not a folder"),
         ([], {"SERVING_PORT": "eighty"}, "invalid settings: port: Input should be a valid integer"),
         (["--settings-file", "missing.yaml"], {}, "settings file missing.yaml"),
+        (
+            ["--models", "iris,sideeffects"],
+            {},
+            "model(s) sideeffects are not in the repository models",
+        ),
     ],
 )
 def test_startup_errors_are_one_line(args: list[str], env: dict[str, str], message: str):

@@ -133,6 +133,32 @@ def test_a_load_that_fails_says_why(make_client: ClientFactory, repo_copy: Path)
     )
 
 
+def test_a_failed_reload_keeps_the_loaded_version_serving(
+    make_client: ClientFactory, repo_copy: Path
+):
+    client = make_client(repo=repo_copy)
+    (repo_copy / "iris" / "1" / "metadata.json").write_text("{}")  # a broken bundle on disk
+    assert client.post("/v2/repository/models/iris/load").status_code == 400
+    body = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+    assert (
+        client.post("/v1/models/iris:predict", json=body).json()["predictions"][0]["label"]
+        == "setosa"
+    )
+
+
+def test_any_load_failure_is_recorded_and_the_server_gets_ready(
+    make_client: ClientFactory, repo_copy: Path
+):
+    (repo_copy / "iris" / "1" / "metadata.json").write_bytes(b"\xff\xfe not utf-8")
+    client = make_client(repo=repo_copy, models=["iris", "side_effects", "no_such_model"])
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/models/iris/ready").status_code == 503
+    assert "not in the repository" in client.get("/v2/models/no_such_model/ready").json()["error"]
+    assert (
+        client.post("/v1/models/side_effects:predict", json={"instances": [70]}).status_code == 200
+    )
+
+
 def test_index_lists_every_version(client: TestClient):
     index = client.post("/v2/repository/index").json()
     assert [(m["name"], m["version"], m["state"]) for m in index] == [

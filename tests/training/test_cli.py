@@ -61,3 +61,6 @@ def test_bad_arguments_exit_2_with_usage():
     result = run_cli("--verbose", "5", "models/iris")
     assert result.returncode == 2
     assert "usage: python -m training" in result.stderr
+    result = run_cli("--epochs", "0", "models/iris")
+    assert result.returncode == 2
+    assert "must be a positive integer, got 0" in result.stderr

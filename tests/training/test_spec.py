@@ -105,6 +105,7 @@ def test_the_seed_model_is_the_course_model():
             r"early_stopping\.monitor 'val_acc' is not logged; known: loss, accuracy, val_loss",
         ),
         ("fit.verbose", 3, r"fit\.verbose: Input should be 0, 1 or 2"),
+        ("compile.optimizer.learning_rate", None, r"learning_rate must be a number, got null"),
         ("fit.batch_size", -1, r"fit\.batch_size: Input should be greater than 0"),
     ],
 )
@@ -116,6 +117,15 @@ def test_spec_errors_name_file_key_and_expectation(
         train(folder)
     assert str(error.value).startswith(f"{folder / 'model.yaml'}: ")
     assert not any(p.name.isdigit() for p in folder.iterdir()), "no bundle may be written"
+
+
+def test_early_stopping_on_validation_needs_validation_rows(make_spec: SpecWriter):
+    def no_validation(spec: dict[str, Any]) -> None:
+        spec["data"]["validation_split"] = 0.0
+        spec["fit"]["early_stopping"] = {"monitor": "val_loss"}
+
+    with pytest.raises(SpecError, match=r"monitor 'val_loss' needs validation rows"):
+        load_spec(make_spec(no_validation))
 
 
 def test_a_missing_section_is_named(make_spec: SpecWriter):
