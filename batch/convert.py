@@ -8,6 +8,7 @@ layout, when the array is null or has the wrong length. Bad rows are reported, n
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,9 @@ class Features:
     errors: dict[int, str]
     """A message for each bad row (sparse: most batches have none)."""
 
-    @property
+    @functools.cached_property
     def bad(self) -> np.ndarray:
+        """A boolean mask of the bad rows (computed once)."""
         mask = np.zeros(len(self.matrix), bool)
         mask[list(self.errors)] = True
         return mask

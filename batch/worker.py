@@ -102,7 +102,8 @@ def score_arrays(
     else:
         features = convert.from_columns(arrays, names)
     n = len(features.matrix)
-    mask = pa.array(features.bad) if features.errors else None
+    bad = features.bad if features.errors else None
+    mask = pa.array(bad) if bad is not None else None
     # Bad rows hold zeros: scoring them costs less than copying the good ones out; their
     # outputs are masked to null below.
     outputs = model.run(features.matrix, list(spec.outputs)).outputs if n else {}
@@ -112,7 +113,7 @@ def score_arrays(
         if value is None:
             columns.append(pa.nulls(0, pa.int64() if width == 0 else pa.list_(pa.float32())))
         elif width == 0:
-            columns.append(pa.array(value, pa.int64(), mask=features.bad if mask else None))
+            columns.append(pa.array(value, pa.int64(), mask=bad))
         else:
             offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
             values = pa.array(np.ascontiguousarray(value, np.float32).ravel())
@@ -120,6 +121,6 @@ def score_arrays(
     if spec.classes is not None and "class_index" in spec.outputs:
         index = outputs["class_index"] if n else np.zeros(0, np.int64)
         labels = np.asarray(spec.classes, dtype=object)[index]
-        columns.append(pa.array(labels, pa.string(), mask=features.bad if mask else None))
+        columns.append(pa.array(labels, pa.string(), mask=bad))
     columns.append(features.error_array())
     return pa.StructArray.from_arrays(columns, names=[name for name, _ in spec.fields])

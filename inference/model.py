@@ -18,7 +18,7 @@ import onnxruntime as ort
 from inference import inputs
 from inference.bundle import read_metadata, resolve_bundle_dir, verify_checksum, verify_signature
 from inference.errors import InvalidInputError
-from inference.metadata import BundleMetadata
+from inference.metadata import BundleMetadata, OutputRole
 from inference.runtime import RuntimeOptions, build_session
 
 
@@ -57,11 +57,11 @@ class Prediction:
         classes = self.metadata.classes or []
         return [classes[i] for i in self.class_index.tolist()]
 
-    def _by_role(self, role: str) -> np.ndarray:
-        for info in self.metadata.outputs:
-            if info.role == role and info.name in self.outputs:
-                return self.outputs[info.name]
-        raise KeyError(f"this prediction has no {role!r} output; it has {sorted(self.outputs)}")
+    def _by_role(self, role: OutputRole) -> np.ndarray:
+        info = self.metadata.output(role)
+        if info is None or info.name not in self.outputs:
+            raise KeyError(f"this prediction has no {role!r} output; it has {sorted(self.outputs)}")
+        return self.outputs[info.name]
 
 
 class Model:
@@ -72,7 +72,6 @@ class Model:
         self.metadata = metadata
         self.session = session
         self.input_name = metadata.input.name
-        self.load_seconds = 0.0
         self.latency: Latency | None = None
         """Measured by `warm_up`; None before."""
 
@@ -81,15 +80,12 @@ class Model:
         cls, path: str | Path, version: int | None = None, options: RuntimeOptions | None = None
     ) -> Model:
         """Load a model folder (latest version, or `version`) or a version folder, verified."""
-        start = time.perf_counter()
         bundle_dir = resolve_bundle_dir(path, version)
         metadata = read_metadata(bundle_dir)
         onnx_file = verify_checksum(bundle_dir, metadata)
         session = build_session(onnx_file, options or RuntimeOptions())
         verify_signature(session, metadata, onnx_file)
-        model = cls(bundle_dir, metadata, session)
-        model.load_seconds = time.perf_counter() - start
-        return model
+        return cls(bundle_dir, metadata, session)
 
     @property
     def name(self) -> str:

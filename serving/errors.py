@@ -28,10 +28,6 @@ class BadRequest(ServingError):
     status = 400
 
 
-class Unauthorized(ServingError):
-    status = 401
-
-
 class ModelNotFound(ServingError):
     status = 404
 
@@ -62,8 +58,7 @@ def client_error_response(method: str, path: str, exc: Exception) -> JSONRespons
     """The answer to a client error (ours or invalid input), logged at INFO."""
     status = exc.status if isinstance(exc, ServingError) else 400
     log.info("%s %s -> %d: %s", method, path, status, exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return error_response(status, str(exc), headers)
+    return error_response(status, str(exc))
 
 
 def internal_error_response(method: str, path: str) -> JSONResponse:

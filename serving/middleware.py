@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import hmac
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import PayloadTooLarge
+from serving.errors import PayloadTooLarge, error_response
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 """Probes must work without credentials."""
-
-
-async def send_error(
-    send: Send, status: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
-    body = orjson.dumps({"error": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
-    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
@@ -39,7 +29,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await send_error(send, 413, self._message(int(declared)))
+            await error_response(413, self._message(int(declared)))(scope, receive, send)
             return
         received = 0
 
@@ -68,12 +58,11 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        await send_error(
-            send,
-            401,
-            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-            ((b"www-authenticate", b"Bearer"),),
+        message = (
+            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
         )
+        response = error_response(401, message, {"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])

@@ -42,10 +42,6 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def known_names() -> list[str]:
-    return sorted([*ACCURACY, *METRICS])
-
-
 def check(name: str) -> str:
     """Validate a metric name (for the spec); returns it unchanged."""
     lookup("metric", name, {**dict.fromkeys(ACCURACY, binary_accuracy), **METRICS})

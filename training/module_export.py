@@ -29,6 +29,7 @@ from training import activations
 from training.export import ExportError, ServingGraph, export_bundle
 from training.names import UnknownNameError
 from training.preprocessing import Scaler
+from training.spec import units_fit_classes
 
 DEFAULT_SAMPLE_ROWS = 256
 
@@ -114,7 +115,7 @@ def _check_outputs(graph: ServingGraph, rows: np.ndarray, classes: Sequence[str]
         raise ExportError(f"the module must return (rows, outputs); got shape {list(output.shape)}")
     if classes is not None:
         width, n = output.shape[1], len(classes)
-        if not (width == n or (width == 1 and n == 2)):
+        if not units_fit_classes(width, n):
             raise ExportError(
                 f"the module returns {width} score column(s) for {n} classes; expected {n}"
             )

@@ -263,7 +263,7 @@ class Spec(_Section):
         if loss in losses.SPARSE and units < 2:
             raise ValueError(f"{loss} needs one output unit per class (at least 2), got {units}")
         n = len(self.data.classes or [])
-        if n and not (units == n or (units == 1 and n == 2)):
+        if n and not units_fit_classes(units, n):
             expected = f"{n} (or 1 for two classes)" if n == 2 else str(n)
             raise ValueError(
                 f"the last dense layer has {units} unit(s) but data.classes names {n} classes; "
@@ -296,6 +296,11 @@ class Spec(_Section):
     @property
     def is_classifier(self) -> bool:
         return self.data.classes is not None or self.compile.loss in losses.CLASSIFICATION
+
+
+def units_fit_classes(units: int, classes: int) -> bool:
+    """One output unit per class, or a single unit for two classes."""
+    return units == classes or (units == 1 and classes == 2)
 
 
 def find_spec_file(path: str | Path) -> Path:

@@ -28,7 +28,7 @@ from training.optimizers import Optimizer
 from training.plots import plot_history
 from training.preprocessing import Scaler
 from training.progress import Progress
-from training.spec import SPEC_FILE, Spec, SpecError, load_spec, spec_sha256
+from training.spec import SPEC_FILE, Spec, SpecError, load_spec, spec_sha256, units_fit_classes
 
 PARITY_RANDOM_ROWS = 256
 PARITY_HELD_OUT_ROWS = 1024
@@ -149,7 +149,7 @@ def _check_classes(spec: Spec, spec_file: Path, classes: list[str] | None, units
                 f"data.label names {label_count} column(s)"
             )
         return
-    if not (units == len(classes) or (units == 1 and len(classes) == 2)):
+    if not units_fit_classes(units, len(classes)):
         raise SpecError(
             f"{spec_file}: model.layers: the last dense layer has {units} unit(s) for "
             f"{len(classes)} classes ({', '.join(classes)}); expected {len(classes)}"

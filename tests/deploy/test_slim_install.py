@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -20,8 +21,16 @@ def test_serve_extra_alone_starts_the_service(tmp_path: Path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
+    source = tmp_path / "source"  # setuptools builds inside the source folder: use a copy
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"),
+    )
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{REPO}[serve]"], check=True, timeout=600
+        [str(python), "-m", "pip", "install", "--quiet", f"{source}[serve]"],
+        check=True,
+        timeout=600,
     )
     installed = subprocess.run(
         [str(python), "-m", "pip", "list"], capture_output=True, text=True, check=True
