@@ -1,7 +1,8 @@
 """Turn what a user sends into the exact float32 matrix the graph takes, or say what is wrong.
 
-The HTTP service and the Spark job both go through here, so a value refused online is refused
-offline with the same words.
+In-process callers and the HTTP service go through here, so a value refused in one is refused
+in the other with the same words. The Spark job applies the same rules to Arrow columns, one
+message per bad row instead of one error per batch, in `batch/convert.py`.
 """
 
 from __future__ import annotations
