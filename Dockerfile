@@ -27,10 +27,10 @@ ENV PYTHONUNBUFFERED=1 \
 RUN useradd --create-home --uid 10001 --user-group app
 WORKDIR /app
 # Dependencies first (their own layer): a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > requirements.txt \
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py serve > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt \
-    && rm requirements.txt
+    && rm requirements.txt requirements.py
 COPY --from=build /wheels/ /wheels/
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 COPY --chown=app:app models/ models/
@@ -51,10 +51,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --user-group app
 WORKDIR /app
-COPY pyproject.toml ./
-RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = [d for d in p['dependencies'] if not d.startswith('onnxruntime')]; print('\n'.join(deps + p['optional-dependencies']['serve'] + p['optional-dependencies']['gpu']))" > requirements.txt \
+COPY pyproject.toml docker/requirements.py ./
+RUN python3 requirements.py serve gpu --without onnxruntime > requirements.txt \
     && pip3 install --no-cache-dir -r requirements.txt \
-    && rm requirements.txt
+    && rm requirements.txt requirements.py
 COPY --from=build /wheels/ /wheels/
 RUN pip3 install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 COPY --chown=app:app models/ models/
@@ -75,10 +75,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 185 --user-group spark
 WORKDIR /opt/app
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['batch']))" > requirements.txt \
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py batch > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt \
-    && rm requirements.txt
+    && rm requirements.txt requirements.py
 COPY --from=build /wheels/ /wheels/
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 COPY --chown=spark:spark models/ models/
@@ -96,10 +96,10 @@ ENV PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 RUN useradd --create-home --uid 10001 --user-group app
 WORKDIR /app
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['train']))" > requirements.txt \
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py train > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt \
-    && rm requirements.txt
+    && rm requirements.txt requirements.py
 COPY --from=build /wheels/ /wheels/
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 COPY --chown=app:app models/ models/

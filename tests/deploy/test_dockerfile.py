@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -85,7 +86,48 @@ def test_dependencies_install_before_the_code(instructions: list[dict[str, str]]
         n for n, i in enumerate(serve) if i["instruction"] == "COPY" and "/wheels/" in i["value"]
     )
     assert first_pip < first_code
-    assert "'serve'" in serve[first_pip]["value"] and "'train'" not in serve[first_pip]["value"]
+    assert extras_installed(serve[first_pip]["value"]) == ["serve"]
+
+
+def extras_installed(run: str) -> list[str]:
+    """The arguments given to docker/requirements.py in a RUN line, up to the redirection."""
+    words = shlex.split(run)
+    start = words.index("requirements.py") + 1
+    return words[start : words.index(">")]
+
+
+@pytest.mark.parametrize(
+    ("stage", "present", "absent"),
+    [
+        (
+            "serve-base",
+            {"fastapi", "onnxruntime", "numpy"},
+            {"torch", "pyspark", "onnxruntime-gpu"},
+        ),
+        ("serve-gpu", {"fastapi", "onnxruntime-gpu"}, {"onnxruntime", "torch", "pyspark"}),
+        ("batch", {"pyspark", "onnxruntime", "pandas"}, {"torch", "fastapi"}),
+        ("train", {"torch", "onnx", "onnxruntime"}, {"pyspark", "fastapi"}),
+    ],
+)
+def test_each_image_installs_exactly_its_extras(
+    instructions: list[dict[str, str]], stage: str, present: set[str], absent: set[str]
+):
+    run = next(
+        i["value"]
+        for i in stages(instructions)[stage]
+        if "requirements.py" in i["value"] and i["instruction"] == "RUN"
+    )
+    command = [
+        sys.executable,
+        str(REPO / "docker" / "requirements.py"),
+        *extras_installed(run),
+        "--pyproject",
+        str(REPO / "pyproject.toml"),
+    ]
+    lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    names = {re.match(r"[A-Za-z0-9._-]+", line).group(0).lower() for line in lines}  # type: ignore[union-attr]
+    assert present <= names, present - names
+    assert not names & absent, names & absent
 
 
 def test_every_copy_source_exists(instructions: list[dict[str, str]]):
