@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
         help="run on the CPU if a requested accelerator is unavailable",
     )
     p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session")
+    p.add_argument(
+        "--max-batch-size", type=int, help="adaptive batching: most rows per merged run (0: off)"
+    )
+    p.add_argument(
+        "--max-delay-us", type=int, help="adaptive batching: longest wait for a batch to fill"
+    )
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
 

@@ -14,12 +14,14 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 import inference
 from serving import schemas
+from serving.batching import BatchingConfig
 from serving.dataplane import DataPlane
 from serving.errors import install_handlers
-from serving.hot_path import HotPathMiddleware
+from serving.hot_path import ServingApp, serve
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from serving.protocol import health, repository_api, v1, v2
@@ -41,7 +43,11 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     repository = ModelRepository(
-        settings.repo, runtime_options(settings), settings.models, on_load=metrics.model_loaded
+        settings.repo,
+        runtime_options(settings),
+        settings.models,
+        on_load=metrics.model_loaded,
+        batching=BatchingConfig(settings.max_batch_size, settings.max_delay_us),
     )
     plane = DataPlane(repository, settings, metrics)
 
@@ -57,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await loading
             plane.close()
 
-    app = FastAPI(
+    app = ServingApp(
         title="ONNX bundle serving",
         version=v2.server_version(),
         summary="Open Inference Protocol v2 and a friendly v1 API over ONNX model bundles.",
@@ -77,11 +83,16 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     install_handlers(app)
-    app.add_middleware(HotPathMiddleware)  # innermost: after metrics, limits and the API key
+    # The same protection and metrics, in the same order, in front of FastAPI's routes and of
+    # the hot routes that bypass FastAPI (see serving/hot_path.py).
+    hot: ASGIApp = serve
     if settings.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value())
+        key = settings.api_key.get_secret_value()
+        app.add_middleware(ApiKeyMiddleware, key=key)
+        hot = ApiKeyMiddleware(hot, key=key)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.hot_stack = MetricsMiddleware(BodyLimitMiddleware(hot, settings.max_body_bytes), metrics)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 

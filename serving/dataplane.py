@@ -3,20 +3,24 @@
 Where a batch runs depends on its measured cost (`Model.warm_up`): a batch estimated under
 `inline_max_us` runs on the event loop, because handing it to a thread costs more than the
 work (the thread must win the GIL back from a busy loop after a 5 µs run); anything larger goes
-to a small dedicated executor, bounded by the request timeout, so the loop never stalls. Both
-protocols (v2 and v1) share this path, so their answers cannot differ.
+to a small dedicated executor, bounded by the request timeout, so the loop never stalls. With
+adaptive batching on for a model (`serving/batching.py`), its requests go through its batcher,
+which applies the same rule to each merged run. Both protocols (v2 and v1) share this path, so
+their answers cannot differ.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import inference
 from inference.inputs import check_rows
+from serving.batching import Batcher, BatchObserver
 from serving.errors import InferenceTimeout, ModelNotReady, PayloadTooLarge
 from serving.metrics import Metrics
 from serving.repository import ModelRepository
@@ -32,6 +36,11 @@ class DataPlane:
         """True once the startup load finished (whatever each model's outcome)."""
         self.stopping = False
         self.executor = self._new_executor()
+        self._inline_s = settings.inline_max_us / 1e6
+        self._batchers: weakref.WeakKeyDictionary[inference.Model, Batcher | None] = (
+            weakref.WeakKeyDictionary()
+        )
+        """One per loaded model version; a reloaded version gets a new one."""
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(
@@ -42,6 +51,7 @@ class DataPlane:
         """(Re)open for requests: the app's lifespan may start and stop more than once."""
         if self.stopping:
             self.executor = self._new_executor()
+            self._batchers.clear()  # they hold the old executor
         self.stopping = False
 
     @property
@@ -62,7 +72,7 @@ class DataPlane:
     async def infer(
         self, model: inference.Model, matrix: np.ndarray, outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
-        """Run one batch of raw features; checks rows, limits and time."""
+        """Run one request's rows of raw features; checks rows, limits and time."""
         rows = matrix.shape[0]
         if rows > self.settings.max_batch_rows:
             raise PayloadTooLarge(
@@ -70,27 +80,55 @@ class DataPlane:
                 "split the batch"
             )
         check_rows(matrix, model.metadata.input)
+        self.metrics.observe_request_rows(model.name, model.version, rows)
+        batcher = self._batcher(model)
         latency = model.latency
-        if latency is not None and latency.estimate(rows) * 1e6 <= self.settings.inline_max_us:
-            return self._run(model, matrix, outputs)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, self._run, model, matrix, outputs)
+        if batcher is None and latency is not None and latency.estimate(rows) <= self._inline_s:
+            return self.run(model, matrix, outputs)
         try:
-            return await asyncio.wait_for(future, self.settings.request_timeout_s)
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                if batcher is not None:
+                    return await batcher.submit(matrix, outputs)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.executor, self.run, model, matrix, outputs)
         except TimeoutError:
             raise InferenceTimeout(
                 f"inference took longer than {self.settings.request_timeout_s}s"
             ) from None
 
-    def _run(
+    def run(
         self, model: inference.Model, matrix: np.ndarray, outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
+        """One `session.run`, timed (on the event loop or in the executor)."""
         start = time.perf_counter()
         prediction = model.run(matrix, outputs)
-        self.metrics.observe_inference(
-            model.name, model.version, time.perf_counter() - start, matrix.shape[0]
-        )
+        self.metrics.observe_inference(model.name, model.version, time.perf_counter() - start)
         return prediction.outputs
+
+    def _batcher(self, model: inference.Model) -> Batcher | None:
+        """The model version's adaptive batcher, made on its first request; None when off."""
+        try:
+            return self._batchers[model]
+        except KeyError:
+            pass
+        config = self.repository.batching(model)
+        batcher = None
+        if config.enabled:
+            name, version = model.name, model.version
+            batcher = Batcher(
+                model,
+                config,
+                self.run,
+                self.executor,
+                inline_max_us=self.settings.inline_max_us,
+                max_running=self.settings.inference_workers,
+                observer=BatchObserver(
+                    batch=lambda rows, n: self.metrics.observe_batch(name, version, rows, n),
+                    queued=lambda seconds: self.metrics.observe_queue(name, version, seconds),
+                ),
+            )
+        self._batchers[model] = batcher
+        return batcher
 
     def close(self) -> None:
         """Stop taking requests; runs in flight finish first."""

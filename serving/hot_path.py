@@ -1,10 +1,11 @@
-"""The two hot routes, served below FastAPI's router: `POST .../infer` and `POST ...:predict`.
+"""The two hot routes, served in front of FastAPI: `POST .../infer` and `POST ...:predict`.
 
-FastAPI's routing and dependency machinery cost more per request than our whole inference
-(see bench/RESULTS.md). This middleware sits innermost, after metrics, body limit and API key,
-and sends matching requests straight to the very same handler functions the routers declare.
-Behaviour, errors and OpenAPI docs stay exactly those of the FastAPI routes; only the dispatch
-is cheaper. Everything else falls through to FastAPI.
+FastAPI's own stack (its telemetry and body-limit middlewares, the error middlewares, the router,
+the dependency machinery) costs more per request than our whole inference (see
+bench/RESULTS.md). `ServingApp` is the FastAPI application with one change: a request for a hot
+route goes straight to our own pure-ASGI stack (metrics, body limit, API key) and then to the
+very same handler functions the routers declare. Behaviour, errors and OpenAPI docs stay exactly
+those of the FastAPI routes; only the dispatch is cheaper. Everything else is FastAPI's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,31 +44,48 @@ ROUTES = [
 ]  # fmt: skip
 
 
-class HotPathMiddleware:
-    def __init__(self, app: ASGIApp):
-        self.app = app
+def match(scope: Scope) -> bool:
+    """Whether the request is for a hot route; if so, record the route and its parameters in
+    the scope (as FastAPI's router would), for the handler and the metrics' endpoint label."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return False
+    path = scope["path"]
+    if not path.startswith(("/v1/models/", "/v2/models/")):
+        return False
+    for route in ROUTES:
+        found = route.pattern.match(path)
+        if found:
+            name, version = found.group(1), found.group(2) if found.lastindex == 2 else None
+            scope["route"] = route
+            scope["path_params"] = {"name": name, **({"version": version} if version else {})}
+            return True
+    return False
+
+
+async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+    """The innermost ASGI app of the hot stack: call the route's handler, answer its errors."""
+    route: HotRoute = scope["route"]
+    params = scope["path_params"]
+    request = Request(scope, receive)
+    try:
+        response = await route.handler(request, params["name"], params.get("version"))
+    except (ServingError, InvalidInputError) as e:
+        response = client_error_response("POST", scope["path"], e)
+    except Exception:
+        response = internal_error_response("POST", scope["path"])
+    await response(scope, receive, send)
+
+
+class ServingApp(FastAPI):
+    """FastAPI, except that hot routes bypass its middleware stack for `hot_stack`."""
+
+    hot_stack: ASGIApp
+    """`serve` wrapped in the same protection and metrics middlewares as the rest of the app
+    (set by `create_app`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            for route in ROUTES:
-                match = route.pattern.match(path)
-                if match:
-                    await self._serve(route, match, scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-    async def _serve(
-        self, route: HotRoute, match: re.Match[str], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        name, version = match.group(1), match.group(2) if match.lastindex == 2 else None
-        scope["route"] = route  # the endpoint label of the request metrics
-        scope["path_params"] = {"name": name, **({"version": version} if version else {})}
-        request = Request(scope, receive)
-        try:
-            response = await route.handler(request, name, version)
-        except (ServingError, InvalidInputError) as e:
-            response = client_error_response("POST", scope["path"], e)
-        except Exception:
-            response = internal_error_response("POST", scope["path"])
-        await response(scope, receive, send)
+        if match(scope):
+            scope["app"] = self
+            await self.hot_stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -19,6 +19,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384, 65536)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         self.requests = Counter(
             "serving_requests",
@@ -47,6 +48,27 @@ class Metrics:
             buckets=ROW_BUCKETS,
             registry=r,
         )
+        self.batch_rows = Histogram(
+            "serving_batch_rows",
+            "Rows per merged run of the adaptive batcher",
+            ["model", "version"],
+            buckets=ROW_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "serving_batch_requests",
+            "Requests per merged run of the adaptive batcher",
+            ["model", "version"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "serving_queue_duration_seconds",
+            "Time a request waited in the adaptive batcher's queue",
+            ["model", "version"],
+            buckets=(0.00005, 0.0001, 0.00025, *LATENCY_BUCKETS),
+            registry=r,
+        )
         self.in_flight = Gauge("serving_requests_in_flight", "Requests being answered", registry=r)
         self.load_seconds = Gauge(
             "serving_model_load_duration_seconds",
@@ -55,9 +77,36 @@ class Metrics:
             registry=r,
         )
 
-    def observe_inference(self, model: str, version: int, seconds: float, rows: int) -> None:
-        self.inference_seconds.labels(model, str(version)).observe(seconds)
-        self.rows.labels(model, str(version)).observe(rows)
+    def observe_inference(self, model: str, version: int, seconds: float) -> None:
+        """One `session.run` (a request's rows, or a merged batch's)."""
+        self._child(self.inference_seconds, model, str(version)).observe(seconds)
+
+    def observe_request_rows(self, model: str, version: int, rows: int) -> None:
+        self._child(self.rows, model, str(version)).observe(rows)
+
+    def observe_batch(self, model: str, version: int, rows: int, requests: int) -> None:
+        """One merged run of the adaptive batcher."""
+        self._child(self.batch_rows, model, str(version)).observe(rows)
+        self._child(self.batch_requests, model, str(version)).observe(requests)
+
+    def observe_queue(self, model: str, version: int, seconds: float) -> None:
+        """How long one request waited in the batcher's queue."""
+        self._child(self.queue_seconds, model, str(version)).observe(seconds)
+
+    def observe_request(
+        self, model: str, version: str, endpoint: str, status: int, seconds: float
+    ) -> None:
+        self._child(self.requests, model, version, endpoint, str(status)).inc()
+        self._child(self.request_seconds, model, version, endpoint).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: prometheus_client's own look-up costs microseconds
+        per call on the hot path. Label values are bounded (models, versions, routes, status)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def model_loaded(self, model: str, version: int, seconds: float) -> None:
         self.load_seconds.labels(model, str(version)).set(seconds)
@@ -91,9 +140,8 @@ class MetricsMiddleware:
         finally:
             self.metrics.in_flight.dec()
             model, version, endpoint = labels(scope)
-            self.metrics.requests.labels(model, version, endpoint, str(status)).inc()
-            self.metrics.request_seconds.labels(model, version, endpoint).observe(
-                time.perf_counter() - start
+            self.metrics.observe_request(
+                model, version, endpoint, status, time.perf_counter() - start
             )
 
 

@@ -10,6 +10,7 @@ Which versions are served comes from the optional `serving:` section of the mode
 
     serving:
       version_policy: latest        # latest (default) | all | {latest: 2} | {specific: [1, 3]}
+      batching: {max_batch_size: 64, max_delay_us: 200}   # overrides the server's settings
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import inference
+from serving.batching import BATCHING_OFF, BatchingConfig, BatchingOverride
 from serving.errors import BadRequest, ModelNotFound, ModelNotReady
 
 log = logging.getLogger("serving")
@@ -52,6 +55,7 @@ class ServingSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     version_policy: VersionPolicy = VersionPolicy()
+    batching: BatchingOverride | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> ServingSection:
@@ -97,11 +101,16 @@ class ModelRepository:
         options: inference.RuntimeOptions,
         only: list[str] | None = None,
         on_load: LoadObserver | None = None,
+        batching: BatchingConfig = BATCHING_OFF,
     ):
         self.root = root
         self.options = options
         self.only = only or []
         self.on_load = on_load
+        self.default_batching = batching
+        self._batching: weakref.WeakKeyDictionary[inference.Model, BatchingConfig] = (
+            weakref.WeakKeyDictionary()
+        )
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()  # one (re)load at a time; reads never wait
 
@@ -201,9 +210,18 @@ class ModelRepository:
             reason = f"no bundle version to serve in {folder} (found: {available or 'none'})"
             log.error("model %s not loaded: %s", name, reason, extra={"model": name})
             return ModelEntry(name, reason=reason)
-        return ModelEntry(name, {v: self._load_version(name, folder, v) for v in selected})
+        batching = self.default_batching.override(section.batching)
+        return ModelEntry(
+            name, {v: self._load_version(name, folder, v, batching) for v in selected}
+        )
 
-    def _load_version(self, name: str, folder: Path, version: int) -> VersionState:
+    def batching(self, model: inference.Model) -> BatchingConfig:
+        """The adaptive batching of a loaded model version (the settings, or its model.yaml)."""
+        return self._batching.get(model, self.default_batching)
+
+    def _load_version(
+        self, name: str, folder: Path, version: int, batching: BatchingConfig
+    ) -> VersionState:
         start = time.perf_counter()
         try:
             model = inference.load(folder, version=version, options=self.options)
@@ -240,6 +258,7 @@ class ModelRepository:
         )
         if self.on_load is not None:
             self.on_load(name, version, seconds)
+        self._batching[model] = batching
         return VersionState(version, "READY", model)
 
 

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     inline_max_us: float = Field(default=500.0, ge=0)
     """Batches whose measured cost is below this run on the event loop (no thread hand-off);
     0 sends every batch to the executor."""
+    max_batch_size: int = Field(default=0, ge=0)
+    """Adaptive batching: most rows merged into one run; 0 (the default) turns it off. A model's
+    `model.yaml` may override it (`serving: batching: {max_batch_size: ...}`)."""
+    max_delay_us: int = Field(default=0, ge=0)
+    """Adaptive batching: longest a request waits for others to join its batch, in µs; at 0 it
+    never waits, and only requests that arrive while a batch runs merge."""
     request_timeout_s: float = Field(default=30.0, gt=0)
     """An inference running longer answers 504."""
     drain_timeout_s: float = Field(default=30.0, ge=0)

@@ -1,0 +1,247 @@
+"""Adaptive batching, per model version, as Triton's dynamic batcher: concurrent requests wait in
+a queue, run merged in one `session.run`, and each gets back exactly its own rows.
+
+A batch leaves the queue when it holds `max_batch_size` rows, or when its oldest request has
+waited `max_delay_us`, whichever comes first, and only while no earlier batch of the same model
+is still running: under load, the requests that arrive during one run make up the next batch, so
+batches grow with the load and shrink to one request when it is light. `max_delay_us: 0` adds no
+wait at all; requests that arrive in the same turn of the event loop still merge.
+
+Every request is validated before it joins the queue, so a malformed request fails alone and
+never reaches a batch. Should a merged run still fail, each of its requests is run again on its
+own, so only the request that fails gets the error.
+
+Settings give the defaults (`max_batch_size`, 0 = off, and `max_delay_us`); a model's
+`model.yaml` may override them:
+
+    serving:
+      batching: {max_batch_size: 64, max_delay_us: 200}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+import inference
+
+Outputs = dict[str, np.ndarray]
+Runner = Callable[[inference.Model, np.ndarray, list[str]], Outputs]
+"""Runs one batch on a model (`DataPlane.run`): the batcher only decides what goes together."""
+
+
+class BatchingOverride(BaseModel):
+    """The `serving: batching:` section of model.yaml; unset keys keep the server's settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_batch_size: int | None = Field(default=None, ge=0)
+    """Most rows in one merged run; 0 turns batching off for this model."""
+    max_delay_us: int | None = Field(default=None, ge=0)
+    """Longest a request waits for others to join it, in microseconds."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int
+    max_delay_us: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 0
+
+    def override(self, section: BatchingOverride | None) -> BatchingConfig:
+        if section is None:
+            return self
+        return BatchingConfig(
+            max_batch_size=_first(section.max_batch_size, self.max_batch_size),
+            max_delay_us=_first(section.max_delay_us, self.max_delay_us),
+        )
+
+
+BATCHING_OFF = BatchingConfig(max_batch_size=0, max_delay_us=0)
+
+
+def _first(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+@dataclass(eq=False)
+class _Request:
+    matrix: np.ndarray
+    outputs: list[str]
+    future: asyncio.Future[Outputs]
+    enqueued: float
+    """`loop.time()` when the request joined the queue."""
+
+    @property
+    def rows(self) -> int:
+        return int(self.matrix.shape[0])
+
+
+@dataclass
+class BatchObserver:
+    """Where a batcher reports each merged run (the service's Prometheus metrics)."""
+
+    batch: Callable[[int, int], None] = field(default=lambda rows, requests: None)
+    """(rows, requests) of one merged run."""
+    queued: Callable[[float], None] = field(default=lambda seconds: None)
+    """Seconds one request waited in the queue."""
+
+
+class Batcher:
+    """The queue of one model version. Used from the event loop only; runs go to `executor`
+    unless the model's measured cost for the merged rows is under `inline_max_us`."""
+
+    def __init__(
+        self,
+        model: inference.Model,
+        config: BatchingConfig,
+        run: Runner,
+        executor: Executor,
+        *,
+        inline_max_us: float,
+        max_running: int = 1,
+        observer: BatchObserver | None = None,
+    ):
+        self.model = model
+        self.config = config
+        self._run = run
+        self._executor = executor
+        self._inline_max_s = inline_max_us / 1e6
+        self._max_running = max_running
+        self._observer = observer or BatchObserver()
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
+
+    async def submit(self, matrix: np.ndarray, outputs: list[str] | None) -> Outputs:
+        """Queue validated rows; their outputs come back when their batch has run."""
+        loop = asyncio.get_running_loop()
+        names = list(outputs) if outputs is not None else self.model.metadata.default_outputs
+        request = _Request(matrix, names, loop.create_future(), loop.time())
+        self._queue.append(request)
+        self._queued_rows += request.rows
+        self._schedule(loop)
+        return await request.future  # cancelled (timeout, disconnect): the batch skips it
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a batch now, at the next turn of the loop, or when the oldest request's wait
+        is over; nothing while the model is busy (the running batch calls back when done)."""
+        if not self._queue or self._running >= self._max_running:
+            return
+        if self._queued_rows >= self.config.max_batch_size:
+            self._dispatch(loop)
+            return
+        wait = self._queue[0].enqueued + self.config.max_delay_us / 1e6 - loop.time()
+        if wait <= 0:
+            if self._soon is None:  # let requests of this same turn of the loop join
+                self._soon = loop.call_soon(self._on_timer, loop)
+        elif self._timer is None:
+            self._timer = loop.call_later(wait, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = self._soon = None
+        if self._queue and self._running < self._max_running:
+            self._dispatch(loop)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        for handle in (self._timer, self._soon):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._soon = None
+        batch = self._take(loop.time())
+        if not batch:
+            return
+        rows = sum(r.rows for r in batch)
+        self._observer.batch(rows, len(batch))
+        self._running += 1
+        latency = self.model.latency
+        if latency is not None and latency.estimate(rows) <= self._inline_max_s:
+            self._finish(loop, batch, self._run_batch(batch))
+            return
+        try:
+            future = loop.run_in_executor(self._executor, self._run_batch, batch)
+        except RuntimeError as e:  # the executor is shut down: the server is stopping
+            self._finish(loop, batch, [e for _ in batch])
+            return
+        future.add_done_callback(lambda done: self._finish(loop, batch, _results(done, batch)))
+
+    def _take(self, now: float) -> list[_Request]:
+        """Requests from the head of the queue up to `max_batch_size` rows (a larger request
+        goes alone); cancelled ones are dropped."""
+        batch: list[_Request] = []
+        rows = 0
+        while self._queue:
+            request = self._queue[0]
+            if batch and rows + request.rows > self.config.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= request.rows
+            if request.future.done():
+                continue
+            self._observer.queued(now - request.enqueued)
+            batch.append(request)
+            rows += request.rows
+        return batch
+
+    def _run_batch(self, batch: list[_Request]) -> list[Outputs | BaseException]:
+        """One merged run, split back per request; if it fails, each request on its own."""
+        if len(batch) == 1:
+            return [self._run_alone(batch[0])]
+        names = list(dict.fromkeys(n for r in batch for n in r.outputs))
+        matrix = np.concatenate([r.matrix for r in batch])
+        try:
+            merged = self._run(self.model, matrix, names)
+        except Exception:
+            return [self._run_alone(r) for r in batch]
+        results: list[Outputs | BaseException] = []
+        start = 0
+        for request in batch:
+            end = start + request.rows
+            results.append({n: merged[n][start:end] for n in request.outputs})
+            start = end
+        return results
+
+    def _run_alone(self, request: _Request) -> Outputs | BaseException:
+        try:
+            return self._run(self.model, request.matrix, request.outputs)
+        except Exception as e:
+            return e
+
+    def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Request],
+        results: list[Outputs | BaseException],
+    ) -> None:
+        for request, result in zip(batch, results, strict=True):
+            if request.future.done():
+                continue
+            if isinstance(result, asyncio.CancelledError):
+                request.future.cancel()
+            elif isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+        self._running -= 1
+        self._schedule(loop)
+
+
+def _results(
+    done: asyncio.Future[list[Outputs | BaseException]], batch: list[_Request]
+) -> list[Outputs | BaseException]:
+    """The executor's answer, or its failure (e.g. shut down) for every request of the batch."""
+    if done.cancelled():
+        return [asyncio.CancelledError() for _ in batch]
+    error = done.exception()
+    if error is not None:
+        return [error for _ in batch]
+    return done.result()
