@@ -23,7 +23,7 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 
 LUA = """
 wrk.method = "POST"
-wrk.body = [=[{body}]=]
+wrk.body = {body}
 {headers}
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -86,9 +86,7 @@ def wrk(
         sys.exit("wrk is not installed: apt-get install wrk")
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            LUA.replace("{body}", body.decode("latin-1")).replace("{headers}", header_lines)
-        )
+        script.write(LUA.replace("{body}", lua_bytes(body)).replace("{headers}", header_lines))
     try:
         out = subprocess.run(
             [
@@ -115,6 +113,11 @@ def wrk(
     return Measurement(
         requests / (duration_us / 1e6), p50 / 1000, p99 / 1000, status_errors + io_errors
     )
+
+
+def lua_bytes(data: bytes) -> str:
+    """A Lua string literal holding exactly these bytes (binary tensors included)."""
+    return '"' + "".join(f"\\{b}" for b in data) + '"'
 
 
 def median(values: list[Measurement]) -> Measurement:

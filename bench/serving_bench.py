@@ -17,6 +17,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,64 +39,130 @@ def make_repository(folder: Path) -> Path:
     return folder
 
 
-def targets() -> dict[str, tuple[str, str, bytes]]:
-    """name → (server, path, JSON body)."""
+@dataclass(frozen=True)
+class Target:
+    server: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+JSON = {"Content-Type": "application/json"}
+SERVERS = {
+    "serving": [],
+    "batched": ["--max-batch-size", "64", "--max-delay-us", "0"],
+    "batched-500us": ["--max-batch-size", "64", "--max-delay-us", "500"],
+}
+"""Our server's configurations: batching off (the default), and on with two delays."""
+
+
+def v2_body(row: list[float]) -> bytes:
+    tensor = {"name": "features", "shape": [1, len(row)], "datatype": "FP32", "data": row}
+    return to_json({"inputs": [tensor]})
+
+
+def v2_binary(row: list[float]) -> tuple[bytes, dict[str, str]]:
+    """The same request in Triton's binary tensor extension: JSON header, then raw float32."""
+    blob = np.asarray(row, np.float32).tobytes()
+    tensor = {
+        "name": "features",
+        "shape": [1, len(row)],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": len(blob)},
+    }
+    header = to_json({"inputs": [tensor]})
+    return header + blob, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+
+
+def targets() -> dict[str, Target]:
+    """name → what to load, for every row of the table."""
     row = np.round(np.random.default_rng(0).normal(size=WIDE_FEATURES), 4).tolist()
-    v2_tiny = {
-        "inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32", "data": [70.0]}]
+    wide_binary, binary_headers = v2_binary(row)
+    floor_body = to_json({"instances": [{"age": 70}]})
+    plan = {
+        "floor: raw ASGI constant": Target("raw", "/", floor_body, JSON),
+        "floor: FastAPI constant": Target("fastapi", "/", floor_body, JSON),
     }
-    v2_wide = {
-        "inputs": [
-            {"name": "features", "shape": [1, WIDE_FEATURES], "datatype": "FP32", "data": row}
-        ]
-    }
-    return {
-        "floor: raw ASGI constant": ("raw", "/", to_json({"instances": [{"age": 70}]})),
-        "floor: FastAPI constant": ("fastapi", "/", to_json({"instances": [{"age": 70}]})),
-        "v1 side_effects": (
-            "serving",
-            "/v1/models/side_effects:predict",
-            to_json({"instances": [{"age": 70}]}),
-        ),
-        "v2 side_effects (JSON)": ("serving", "/v2/models/side_effects/infer", to_json(v2_tiny)),
-        "v1 wide": ("serving", "/v1/models/wide:predict", to_json({"instances": [row]})),
-        "v2 wide (JSON)": ("serving", "/v2/models/wide/infer", to_json(v2_wide)),
-    }
+    for server, label in (("serving", ""), ("batched", ", batched")):
+        plan |= {
+            f"v1 side_effects{label}": Target(
+                server, "/v1/models/side_effects:predict", floor_body, JSON
+            ),
+            f"v2 side_effects (JSON){label}": Target(
+                server, "/v2/models/side_effects/infer", v2_body([70.0]), JSON
+            ),
+            f"v1 wide{label}": Target(
+                server, "/v1/models/wide:predict", to_json({"instances": [row]}), JSON
+            ),
+            f"v2 wide (JSON){label}": Target(server, "/v2/models/wide/infer", v2_body(row), JSON),
+            f"v2 wide (binary){label}": Target(
+                server, "/v2/models/wide/infer", wide_binary, binary_headers
+            ),
+        }
+    plan["v2 wide (JSON), batched, max_delay 500 µs"] = Target(
+        "batched-500us", "/v2/models/wide/infer", v2_body(row), JSON
+    )
+    return plan
+
+
+def uvicorn_floor(app: str) -> Process:
+    return Process(
+        [
+            *(sys.executable, "-m", "uvicorn", "--port", "{port}", "--no-access-log"),
+            *("--log-level", "warning", "--loop", "uvloop", "--http", "httptools", app),
+        ],
+        "/",
+    )
+
+
+def our_server(repo: Path, *flags: str, env: dict[str, str] | None = None) -> Process:
+    return Process(
+        [
+            *(sys.executable, "-m", "serving", "--repo", str(repo), "--port", "{port}"),
+            *("--log-level", "warning", *flags),
+        ],
+        "/v2/health/ready",
+        env=env,
+    )
 
 
 def start_servers(repo: Path) -> dict[str, Process]:
-    uvicorn = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--port",
-        "{port}",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-    ]
-    return {
-        "raw": Process([*uvicorn, "bench.floor_apps:raw_app"], "/"),
-        "fastapi": Process([*uvicorn, "bench.floor_apps:fastapi_app"], "/"),
-        "serving": Process(
-            [
-                sys.executable,
-                "-m",
-                "serving",
-                "--repo",
-                str(repo),
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-            ],
-            "/v2/health/ready",
-        ),
+    servers = {
+        "raw": uvicorn_floor("bench.floor_apps:raw_app"),
+        "fastapi": uvicorn_floor("bench.floor_apps:fastapi_app"),
     }
+    for name, flags in SERVERS.items():
+        servers[name] = our_server(repo, *flags)
+    return servers
+
+
+def measure(
+    servers: dict[str, Process],
+    plan: dict[str, Target],
+    duration: float,
+    repeats: int,
+    concurrencies: list[int],
+) -> dict[tuple[str, int], Measurement]:
+    """Every target at every concurrency, interleaved across repeats; medians."""
+    for t in plan.values():  # warm up every route once
+        wrk(servers[t.server].url + t.path, t.body, t.headers, 4, 1)
+    samples: dict[tuple[str, int], list[Measurement]] = {}
+    for repeat in range(repeats):
+        for c in concurrencies:
+            for name, t in plan.items():
+                m = wrk(servers[t.server].url + t.path, t.body, t.headers, c, duration)
+                if m.errors:
+                    sys.exit(f"{name} at c={c}: {m.errors} errors; the benchmark is invalid")
+                samples.setdefault((name, c), []).append(m)
+                print(
+                    f"[{repeat + 1}/{repeats}] c={c:<3} {name:<44} {m.rps:>9.0f} req/s "
+                    f"p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms",
+                    flush=True,
+                )
+    return {key: median(values) for key, values in samples.items()}
 
 
 def run(
@@ -104,30 +171,16 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         servers = start_servers(make_repository(Path(tmp)))
         try:
-            plan = targets()
-            headers = {"Content-Type": "application/json"}
-            for server, path, body in plan.values():  # warm up every route once
-                wrk(servers[server].url + path, body, headers, 4, 1)
-            samples: dict[tuple[str, int], list[Measurement]] = {}
-            for repeat in range(repeats):
-                for c in concurrencies:
-                    for name, (server, path, body) in plan.items():
-                        m = wrk(servers[server].url + path, body, headers, c, duration)
-                        samples.setdefault((name, c), []).append(m)
-                        print(
-                            f"[{repeat + 1}/{repeats}] c={c:<3} {name:<28} {m.rps:>9.0f} req/s "
-                            f"p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms",
-                            flush=True,
-                        )
+            return measure(servers, targets(), duration, repeats, concurrencies)
         finally:
             for process in servers.values():
                 process.stop()
-    return {key: median(values) for key, values in samples.items()}
 
 
 def table(results: dict[tuple[str, int], Measurement], concurrencies: list[int]) -> str:
     lines = [
-        "| endpoint | c | req/s | p50 ms | p99 ms | vs FastAPI constant | vs raw ASGI | errors |",
+        "| endpoint | c | req/s | p50 ms | p99 ms | vs FastAPI constant | vs unbatched | "
+        "vs raw ASGI |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in concurrencies:
@@ -135,10 +188,62 @@ def table(results: dict[tuple[str, int], Measurement], concurrencies: list[int])
         raw = results[("floor: raw ASGI constant", c)].rps
         for name in targets():
             m = results[(name, c)]
+            unbatched = results.get((name.split(", batched")[0], c))
+            versus = f"{m.rps / unbatched.rps:.2f}×" if "batched" in name and unbatched else ""
             lines.append(
                 f"| {name} | {c} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
-                f"{m.rps / fastapi:.2f}× | {m.rps / raw:.2f}× | {m.errors} |"
+                f"{m.rps / fastapi:.2f}× | {versus} | {m.rps / raw:.2f}× |"
             )
+    return "\n".join(lines)
+
+
+NO_SPIN = {"SERVING_ALLOW_SPINNING": "false"}
+THREAD_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "1 process, 2 threads, spinning": ([], {}),
+    "1 process, 2 threads, no spinning": ([], NO_SPIN),
+    "1 process, 1 thread, no spinning": (["--intra-op-threads", "1"], NO_SPIN),
+    "2 processes, 1 thread each, no spinning": (
+        ["--workers", "2", "--intra-op-threads", "1"],
+        NO_SPIN,
+    ),
+}
+"""The study behind the thread defaults: the CPUs split between onnxruntime and processes."""
+
+
+def thread_study(duration: float, repeats: int) -> str:
+    """The wide model (batched, c=64) and side_effects (c=16) under each thread configuration."""
+    row = np.round(np.random.default_rng(0).normal(size=WIDE_FEATURES), 4).tolist()
+    loads = {
+        "v2 wide (JSON), batched": ("/v2/models/wide/infer", v2_body(row), 64),
+        "v1 side_effects": ("/v1/models/side_effects:predict", to_json({"instances": [70]}), 16),
+    }
+    batched = SERVERS["batched"]
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = make_repository(Path(tmp))
+        servers = {
+            name: our_server(repo, *batched, *flags, env=env)
+            for name, (flags, env) in THREAD_CONFIGS.items()
+        }
+        try:
+            samples: dict[tuple[str, str], list[Measurement]] = {}
+            for repeat in range(repeats + 1):  # the first round warms up
+                for load, (path, body, c) in loads.items():
+                    for name, server in servers.items():
+                        m = wrk(server.url + path, body, JSON, c, duration)
+                        if repeat:
+                            samples.setdefault((load, name), []).append(m)
+                            print(f"[threads {repeat}/{repeats}] {load} c={c} {name}: {m.rps:.0f}")
+        finally:
+            for server in servers.values():
+                server.stop()
+    lines = [
+        "| load | configuration | req/s | p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for (load, name), values in samples.items():
+        m = median(values)
+        c = loads[load][2]
+        lines.append(f"| {load}, c={c} | {name} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} |")
     return "\n".join(lines)
 
 
@@ -147,6 +252,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--skip-threads", action="store_true", help="leave out the thread configuration study"
+    )
     args = parser.parse_args()
     results = run(args.duration, args.repeats, args.concurrency)
     command = (
@@ -156,11 +264,22 @@ def main() -> None:
     text = f"""## Serving (HTTP)
 
 `{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}.
-One uvicorn worker per server, wrk with one thread and one row per request;
-medians of {args.repeats} interleaved runs of {args.duration:g} s.
-The wide model is 256 → 1024 → 1024 → 10 (softmax), random weights.
+One uvicorn worker per server (default settings: onnxruntime threads = CPUs, spinning on),
+wrk with one thread and one row per request; medians of {args.repeats} interleaved runs of
+{args.duration:g} s. "batched": `--max-batch-size 64 --max-delay-us 0` unless stated.
+The wide model is 256 → 1024 → 1024 → 10 (softmax), random weights; its binary requests carry
+the same 256 values as float32 after the JSON header.
 
 {table(results, args.concurrency)}
+"""
+    if not args.skip_threads:
+        text += f"""
+### Threads and processes
+
+The same command; each configuration is a batched server of its own, loaded in turn
+(median of {args.repeats} rounds after one warm-up round).
+
+{thread_study(args.duration, args.repeats)}
 """
     write_section("serving", text)
     print(text)

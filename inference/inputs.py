@@ -18,8 +18,9 @@ from inference.metadata import InputInfo
 FLOAT = np.float32
 
 
-def as_feature_matrix(data: Any, signature: InputInfo) -> np.ndarray:
-    """A (rows, features) float32 array from an array-like, checked against the signature."""
+def as_feature_matrix(data: Any, signature: InputInfo, *, check: bool = True) -> np.ndarray:
+    """A (rows, features) float32 array from an array-like, checked against the signature;
+    `check=False` leaves the row check (`check_rows`) to a caller that runs it anyway."""
     try:
         array = data if isinstance(data, np.ndarray) else np.asarray(data)
     except (ValueError, TypeError) as e:  # ragged rows
@@ -33,7 +34,8 @@ def as_feature_matrix(data: Any, signature: InputInfo) -> np.ndarray:
             f"expected a 2-D batch of shape [rows, {n_features}] "
             f"({', '.join(signature.feature_names)}), got shape {list(matrix.shape)}"
         )
-    check_rows(matrix, signature)
+    if check:
+        check_rows(matrix, signature)
     return matrix
 
 
@@ -52,7 +54,9 @@ def from_columns(columns: Mapping[str, Any], signature: InputInfo) -> np.ndarray
     return as_feature_matrix(np.column_stack([columns[name] for name in expected]), signature)
 
 
-def from_records(records: Sequence[Mapping[str, Any]], signature: InputInfo) -> np.ndarray:
+def from_records(
+    records: Sequence[Mapping[str, Any]], signature: InputInfo, *, check: bool = True
+) -> np.ndarray:
     """A feature matrix from one mapping of feature name → value per row."""
     expected = signature.feature_names
     rows = []
@@ -62,7 +66,7 @@ def from_records(records: Sequence[Mapping[str, Any]], signature: InputInfo) -> 
         if missing or unknown:
             raise InvalidInputError(f"row {i}: {_name_mismatch(missing, unknown, expected)}")
         rows.append([record[name] for name in expected])
-    return as_feature_matrix(rows, signature)
+    return as_feature_matrix(rows, signature, check=check)
 
 
 def check_rows(matrix: np.ndarray, signature: InputInfo) -> None:

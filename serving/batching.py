@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import inference
+from serving.errors import InferenceTimeout
 
 Outputs = dict[str, np.ndarray]
 Runner = Callable[[inference.Model, np.ndarray, list[str]], Outputs]
@@ -106,6 +107,7 @@ class Batcher:
         executor: Executor,
         *,
         inline_max_us: float,
+        timeout_s: float = 30.0,
         max_running: int = 1,
         observer: BatchObserver | None = None,
     ):
@@ -121,6 +123,12 @@ class Batcher:
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
+        self._timeout_s = timeout_s
+        self._in_flight: list[list[_Request]] = []
+        self._watchdog: asyncio.TimerHandle | None = None
+        """One timer for every request's deadline (not one per request: that costs more than
+        a small model's run). It fires at the oldest pending request's deadline, fails the
+        requests whose time is up, and re-arms for the next oldest."""
 
     async def submit(self, matrix: np.ndarray, outputs: list[str] | None) -> Outputs:
         """Queue validated rows; their outputs come back when their batch has run."""
@@ -130,7 +138,27 @@ class Batcher:
         self._queue.append(request)
         self._queued_rows += request.rows
         self._schedule(loop)
-        return await request.future  # cancelled (timeout, disconnect): the batch skips it
+        if self._watchdog is None:
+            self._arm_watchdog(loop)
+        return await request.future  # cancelled (e.g. a disconnect): the batch skips it
+
+    def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = [r.enqueued for b in self._in_flight for r in b if not r.future.done()]
+        pending += [r.enqueued for r in self._queue if not r.future.done()]
+        if pending:
+            self._watchdog = loop.call_at(min(pending) + self._timeout_s, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = None
+        deadline = loop.time() - self._timeout_s
+        late = [r for b in self._in_flight for r in b if r.enqueued <= deadline]
+        late += [r for r in self._queue if r.enqueued <= deadline]
+        for request in late:
+            if not request.future.done():
+                request.future.set_exception(
+                    InferenceTimeout(f"inference took longer than {self._timeout_s}s")
+                )
+        self._arm_watchdog(loop)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start a batch now, at the next turn of the loop, or when the oldest request's wait
@@ -163,6 +191,7 @@ class Batcher:
         rows = sum(r.rows for r in batch)
         self._observer.batch(rows, len(batch))
         self._running += 1
+        self._in_flight.append(batch)
         latency = self.model.latency
         if latency is not None and latency.estimate(rows) <= self._inline_max_s:
             self._finish(loop, batch, self._run_batch(batch))
@@ -232,6 +261,7 @@ class Batcher:
             else:
                 request.future.set_result(result)
         self._running -= 1
+        self._in_flight.remove(batch)
         self._schedule(loop)
 
 

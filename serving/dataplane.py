@@ -82,13 +82,13 @@ class DataPlane:
         check_rows(matrix, model.metadata.input)
         self.metrics.observe_request_rows(model.name, model.version, rows)
         batcher = self._batcher(model)
+        if batcher is not None:
+            return await batcher.submit(matrix, outputs)  # it keeps the request timeout
         latency = model.latency
-        if batcher is None and latency is not None and latency.estimate(rows) <= self._inline_s:
+        if latency is not None and latency.estimate(rows) <= self._inline_s:
             return self.run(model, matrix, outputs)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                if batcher is not None:
-                    return await batcher.submit(matrix, outputs)
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self.executor, self.run, model, matrix, outputs)
         except TimeoutError:
@@ -121,6 +121,7 @@ class DataPlane:
                 self.run,
                 self.executor,
                 inline_max_us=self.settings.inline_max_us,
+                timeout_s=self.settings.request_timeout_s,
                 max_running=self.settings.inference_workers,
                 observer=BatchObserver(
                     batch=lambda rows, n: self.metrics.observe_batch(name, version, rows, n),

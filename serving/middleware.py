@@ -27,7 +27,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await error_response(413, self._message(int(declared)))(scope, receive, send)
             return
@@ -65,9 +65,17 @@ class ApiKeyMiddleware:
         await response(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
-        headers = dict(scope["headers"])
-        offered = headers.get(b"x-api-key")
-        authorization = headers.get(b"authorization", b"")
+        offered = header(scope, b"x-api-key")
+        authorization = header(scope, b"authorization") or b""
         if offered is None and authorization[:7].lower() == b"bearer ":
             offered = authorization[7:].strip()
         return offered is not None and hmac.compare_digest(offered, self.key)
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's value (names are lower-case in ASGI), without building a dict of all
+    of them on every request."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None

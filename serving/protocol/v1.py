@@ -28,16 +28,17 @@ router = APIRouter(tags=["friendly v1"], responses=ERRORS)
 
 
 def instances_to_matrix(instances: Any, signature: inference.metadata.InputInfo) -> np.ndarray:
+    """The feature matrix of the instances; their rows are checked by `DataPlane.infer`."""
     if not isinstance(instances, list) or not instances:
         raise BadRequest("'instances' must be a non-empty list of feature objects or rows")
     if all(isinstance(i, dict) for i in instances):
-        return inputs.from_records(instances, signature)
+        return inputs.from_records(instances, signature, check=False)
     if any(isinstance(i, dict) for i in instances):
         raise BadRequest("'instances' mixes feature objects and rows; use one form")
     n_features = len(signature.feature_names)
     if n_features == 1 and not any(isinstance(i, list) for i in instances):
         instances = [[value] for value in instances]  # bare values for a one-feature model
-    return inputs.as_feature_matrix(instances, signature)
+    return inputs.as_feature_matrix(instances, signature, check=False)
 
 
 def format_predictions(outputs: dict[str, np.ndarray], meta: inference.BundleMetadata) -> list[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 import inference
 from serving.batching import Batcher, BatchingConfig, BatchingOverride, BatchObserver
+from serving.errors import InferenceTimeout
 from tests.conftest import MODELS
 from tests.serving.conftest import Server
 from tests.serving.test_metrics import sample
@@ -228,14 +230,19 @@ def make_batcher(
     max_batch_size: int = 100,
     max_delay_us: int = 50_000,
     fail_on: float | None = None,
+    stall_on: float | None = None,
     inline_max_us: float = 0,
+    timeout_s: float = 30,
 ) -> tuple[Batcher, list[tuple[int, int]]]:
-    """A batcher whose runner fails for any batch holding the value `fail_on`."""
+    """A batcher whose runner fails for any batch holding the value `fail_on`, and takes half
+    a second for any holding `stall_on`."""
     batches: list[tuple[int, int]] = []
 
     def run(m: inference.Model, matrix: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         if fail_on is not None and (matrix == fail_on).any():
             raise RuntimeError("this row breaks the model")
+        if stall_on is not None and (matrix == stall_on).any():
+            time.sleep(0.5)
         return m.run(matrix, names).outputs
 
     batcher = Batcher(
@@ -244,6 +251,7 @@ def make_batcher(
         run,
         ThreadPoolExecutor(1),
         inline_max_us=inline_max_us,
+        timeout_s=timeout_s,
         observer=BatchObserver(batch=lambda rows, n: batches.append((rows, n))),
     )
     return batcher, batches
@@ -316,3 +324,24 @@ def test_override_keeps_unset_keys():
     assert base.override(BatchingOverride(max_delay_us=50)) == BatchingConfig(16, 50)
     assert base.override(BatchingOverride(max_batch_size=0)).enabled is False
     assert base.override(None) == base
+
+
+def test_requests_stuck_behind_a_slow_run_time_out_and_the_batcher_recovers(
+    iris: inference.Model,
+):
+    batcher, _ = make_batcher(iris, max_delay_us=0, stall_on=-5.0, timeout_s=0.2)
+    slow = rows_for(0, 1)
+    slow[0, 0] = -5.0
+
+    async def scenario() -> tuple[list[Any], Any]:
+        running = asyncio.ensure_future(batcher.submit(slow, None))
+        await asyncio.sleep(0.05)  # the slow batch is running; the next one must queue
+        queued = asyncio.ensure_future(batcher.submit(rows_for(1, 1), None))
+        stuck = await asyncio.gather(running, queued, return_exceptions=True)
+        await asyncio.sleep(0.5)  # the slow run ends
+        after = await asyncio.wait_for(batcher.submit(rows_for(2, 1), None), timeout=5)
+        return stuck, after
+
+    stuck, after = asyncio.run(scenario())
+    assert all(isinstance(r, InferenceTimeout) for r in stuck)
+    assert after["scores"].shape == (1, 3)
