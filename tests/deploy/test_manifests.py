@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import typing
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pydantic
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from kubeflow_spark_api.models.spark_v1beta2_spark_application import (
+    SparkV1beta2SparkApplication as SparkApplication,
+)
 
 from batch.__main__ import parse_args as batch_args
 from serving.app import create_app
@@ -40,7 +45,7 @@ def find(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 def test_every_rendered_manifest_is_valid_in_strict_mode(kustomization: str):
     for doc in render(kustomization):
         if doc["kind"] == "SparkApplication":
-            continue  # a CRD: checked below against the batch CLI
+            continue  # a CRD: checked below with the spark-operator's own API models
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
@@ -131,6 +136,68 @@ def test_model_volume_overlay_points_the_service_at_the_volume(monkeypatch: pyte
         "claimName"
     ]
     assert claim == find(docs, "PersistentVolumeClaim")["metadata"]["name"]
+
+
+def spark_application_problems(doc: dict[str, Any]) -> list[str]:
+    """What the kubeflow spark-operator's own API models (`kubeflow-spark-api`, generated from
+    its CRD) refuse in a SparkApplication: unknown fields anywhere (the models themselves
+    ignore them, as the API server's pruning would, silently), then wrong types or missing
+    required fields."""
+    problems = _unknown_fields(SparkApplication, doc, "")
+    try:
+        SparkApplication.model_validate(doc)
+    except pydantic.ValidationError as e:
+        problems += [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+    return problems
+
+
+def _unknown_fields(model: type[pydantic.BaseModel], data: Any, path: str) -> list[str]:
+    if not isinstance(data, dict):
+        return []
+    fields = {(f.alias or name): f.annotation for name, f in model.model_fields.items()}
+    problems = []
+    for key, value in data.items():
+        if key not in fields:
+            problems.append(f"{path}{key}: unknown field (known: {', '.join(sorted(fields))})")
+        else:
+            problems += _walk(fields[key], value, f"{path}{key}.")
+    return problems
+
+
+def _walk(annotation: Any, value: Any, path: str) -> list[str]:
+    """Follow Optional[...], List[...], Dict[str, ...] down to nested models."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return _unknown_fields(annotation, value, path)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (list, typing.List) and isinstance(value, list):  # noqa: UP006
+        return [p for i, item in enumerate(value) for p in _walk(args[0], item, f"{path}{i}.")]
+    if origin in (dict, typing.Dict) and isinstance(value, dict):  # noqa: UP006
+        return [p for k, item in value.items() for p in _walk(args[1], item, f"{path}{k}.")]
+    return [p for arg in args for p in _walk(arg, value, path)] if origin is typing.Union else []
+
+
+def test_spark_application_is_valid_for_the_spark_operator():
+    assert spark_application_problems(find(render("batch"), "SparkApplication")) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "problem"),
+    [
+        (("spec", "driver"), "memroy", "2g", "spec.driver.memroy: unknown field"),
+        (("spec",), "mainApplicationFiles", "x.py", "spec.mainApplicationFiles: unknown field"),
+        (("spec", "executor"), "instances", "two", "spec.executor.instances"),
+        (("spec",), "sparkConf", {"spark.task.cpus": 1}, "spec.sparkConf"),
+    ],
+)
+def test_spark_application_check_catches_typos_and_wrong_types(
+    where: tuple[str, ...], key: str, value: Any, problem: str
+):
+    app = find(render("batch"), "SparkApplication")
+    target = app
+    for step in where:
+        target = target[step]
+    target[key] = value
+    assert any(p.startswith(problem) for p in spark_application_problems(app))
 
 
 def test_spark_application_runs_the_real_batch_cli():
