@@ -21,6 +21,7 @@ Settings give the defaults (`max_batch_size`, 0 = off, and `max_delay_us`); a mo
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -33,6 +34,8 @@ import inference
 from serving.errors import InferenceTimeout
 
 Outputs = dict[str, np.ndarray]
+TIMER_RESOLUTION_S = 0.002
+"""Waits shorter than this are polled rather than left to the loop's millisecond timers."""
 Runner = Callable[[inference.Model, np.ndarray, list[str]], Outputs]
 """Runs one batch on a model (`DataPlane.run`): the batcher only decides what goes together."""
 
@@ -78,7 +81,8 @@ class _Request:
     outputs: list[str]
     future: asyncio.Future[Outputs]
     enqueued: float
-    """`loop.time()` when the request joined the queue."""
+    """`time.perf_counter()` when the request joined the queue (the loop's clock may tick in
+    whole milliseconds, as uvloop's does)."""
 
     @property
     def rows(self) -> int:
@@ -134,7 +138,7 @@ class Batcher:
         """Queue validated rows; their outputs come back when their batch has run."""
         loop = asyncio.get_running_loop()
         names = list(outputs) if outputs is not None else self.model.metadata.default_outputs
-        request = _Request(matrix, names, loop.create_future(), loop.time())
+        request = _Request(matrix, names, loop.create_future(), time.perf_counter())
         self._queue.append(request)
         self._queued_rows += request.rows
         self._schedule(loop)
@@ -146,11 +150,12 @@ class Batcher:
         pending = [r.enqueued for b in self._in_flight for r in b if not r.future.done()]
         pending += [r.enqueued for r in self._queue if not r.future.done()]
         if pending:
-            self._watchdog = loop.call_at(min(pending) + self._timeout_s, self._expire, loop)
+            wait = min(pending) + self._timeout_s - time.perf_counter()
+            self._watchdog = loop.call_later(max(0.0, wait), self._expire, loop)
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._watchdog = None
-        deadline = loop.time() - self._timeout_s
+        deadline = time.perf_counter() - self._timeout_s
         late = [r for b in self._in_flight for r in b if r.enqueued <= deadline]
         late += [r for r in self._queue if r.enqueued <= deadline]
         for request in late:
@@ -168,12 +173,25 @@ class Batcher:
         if self._queued_rows >= self.config.max_batch_size:
             self._dispatch(loop)
             return
-        wait = self._queue[0].enqueued + self.config.max_delay_us / 1e6 - loop.time()
+        wait = self._queue[0].enqueued + self.config.max_delay_us / 1e6 - time.perf_counter()
         if wait <= 0:
             if self._soon is None:  # let requests of this same turn of the loop join
                 self._soon = loop.call_soon(self._on_timer, loop)
-        elif self._timer is None:
-            self._timer = loop.call_later(wait, self._on_timer, loop)
+        elif wait < TIMER_RESOLUTION_S:
+            # uvloop's timers fire in whole milliseconds: a 200 µs wait would last 1-2 ms.
+            # Shorter waits poll at each turn of the loop (which keeps it busy only for them).
+            if self._soon is None:
+                self._soon = loop.call_soon(self._poll, loop)
+        elif self._timer is None:  # wake up a little early; the rest is polled
+            self._timer = loop.call_later(wait - TIMER_RESOLUTION_S, self._wake, loop)
+
+    def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._soon = None
+        self._schedule(loop)
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._schedule(loop)
 
     def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = self._soon = None
@@ -185,7 +203,7 @@ class Batcher:
             if handle is not None:
                 handle.cancel()
         self._timer = self._soon = None
-        batch = self._take(loop.time())
+        batch = self._take(time.perf_counter())
         if not batch:
             return
         rows = sum(r.rows for r in batch)

@@ -137,7 +137,7 @@ class ModelRepository:
     def load(self, name: str) -> ModelEntry:
         """(Re)load a model's versions from disk, warm them up, then swap them in."""
         folder = self.root / name
-        if "/" in name or name.startswith(".") or not folder.is_dir():
+        if "/" in name or name.startswith(".") or not _is_dir(folder):
             raise ModelNotFound(f"model {name!r} is not in the repository {self.root}")
         with self._lock:
             previous = self._entries.setdefault(name, ModelEntry(name, reason="loading"))
@@ -281,3 +281,11 @@ def _serving_section(folder: Path) -> Any:
     except yaml.YAMLError as e:
         raise ValueError(f"not valid YAML: {' '.join(str(e).split())}") from e
     return raw.get("serving") if isinstance(raw, dict) else None
+
+
+def _is_dir(path: Path) -> bool:
+    """`Path.is_dir`, but False for a name the file system refuses (e.g. too long)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # ENAMETOOLONG; an embedded NUL byte
+        return False

@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     """Serve on the CPU when a requested accelerator is unavailable, instead of failing."""
     intra_op_threads: int | None = Field(default=None, ge=1)
     """onnxruntime threads per session; default: the CPUs this container may use."""
-    allow_spinning: bool = True
+    allow_spinning: bool = False
     """onnxruntime's threads spin between runs: lower latency on an idle machine, but they take
-    CPU from the event loop when it is busy."""
+    CPU from the event loop when it is busy (off by default: measured in bench/RESULTS.md)."""
 
     api_key: SecretStr | None = None
     """When set, every route but the health probes needs `Authorization: Bearer <key>` or

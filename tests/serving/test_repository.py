@@ -166,3 +166,9 @@ def test_index_lists_every_version(client: TestClient):
         ("side_effects", "1", "READY"),
     ]
     assert len(client.post("/v2/repository/index", json={"ready": True}).json()) == 2
+
+
+def test_a_name_the_file_system_refuses_is_an_unknown_model(client: TestClient):
+    answer = client.post(f"/v2/repository/models/{'x' * 300}/load")
+    assert answer.status_code == 404
+    assert "not in the repository" in answer.json()["error"]
