@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from training.fit import History, Shard
 from training.spark import spark_session, task_slots
 from training.spec import SpecError
-from training.train import Run, TrainResult, export, fit, prepare, rebuild, weights
+from training.train import Fitted, Run, TrainResult, export, fit, prepare, rebuild, weights
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -65,21 +65,7 @@ def train_distributed(
     started = time.perf_counter()
     spark = spark or spark_session(master)
     run = prepare(spec_path, epochs=epochs, verbose=verbose, spark=spark)
-    check_processes(num_processes, spark, run)
-    use_gpu = _spark_gives_gpus(spark)
-    try:
-        from pyspark.ml.torch.distributor import TorchDistributor
-
-        distributor = TorchDistributor(
-            num_processes=num_processes, local_mode=False, use_gpu=use_gpu
-        )
-        output = distributor.run(_rank, run)
-    except Exception as e:  # Py4J and pyspark wrap the workers' errors in several types
-        raise DistributedError(_last_line(e)) from e
-    if output is None:
-        raise DistributedError("the workers returned nothing (rank 0 did not finish)")
-    state, history = output
-    fitted = rebuild(run, state, history)
+    fitted = fit_distributed(run, spark, num_processes)
     return export(
         run,
         fitted,
@@ -87,7 +73,7 @@ def train_distributed(
         provenance={
             "distributed": {
                 "num_processes": num_processes,
-                "backend": "nccl" if use_gpu else "gloo",
+                "backend": "nccl" if _spark_gives_gpus(spark) else "gloo",
                 "launcher": "pyspark.ml.torch.distributor.TorchDistributor",
                 "global_batch_size": run.fit_config.batch_size,
                 "per_process_batch_size": Shard(0, num_processes).batch_size(
@@ -96,6 +82,24 @@ def train_distributed(
             }
         },
     )
+
+
+def fit_distributed(run: Run, spark: SparkSession, num_processes: int) -> Fitted:
+    """Fit `run` with `num_processes` DDP ranks as Spark barrier tasks; rank 0's model back."""
+    check_processes(num_processes, spark, run)
+    try:
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        distributor = TorchDistributor(
+            num_processes=num_processes, local_mode=False, use_gpu=_spark_gives_gpus(spark)
+        )
+        output = distributor.run(_rank, run)
+    except Exception as e:  # Py4J and pyspark wrap the workers' errors in several types
+        raise DistributedError(_last_line(e)) from e
+    if output is None:
+        raise DistributedError("the workers returned nothing (rank 0 did not finish)")
+    state, history = output
+    return rebuild(run, state, history)
 
 
 def check_processes(num_processes: int, spark: SparkSession, run: Run) -> None:
