@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +52,15 @@ class DistributedError(Exception):
     """The distributed run failed on the workers."""
 
 
+@dataclass(frozen=True)
+class RankFailed:
+    """What a rank returns instead of raising: TorchDistributor reports a raised error only as
+    "failed during training, view stdout logs", without the cause."""
+
+    rank: int
+    error: str
+
+
 def train_distributed(
     spec_path: str | Path,
     *,
@@ -59,7 +69,6 @@ def train_distributed(
     master: str | None = None,
     epochs: int | None = None,
     verbose: int | None = None,
-    stream: TextIO | None = None,
 ) -> TrainResult:
     """Train the model of `spec_path` with `num_processes` DDP workers as Spark tasks."""
     started = time.perf_counter()
@@ -98,6 +107,8 @@ def fit_distributed(run: Run, spark: SparkSession, num_processes: int) -> Fitted
         raise DistributedError(_last_line(e)) from e
     if output is None:
         raise DistributedError("the workers returned nothing (rank 0 did not finish)")
+    if isinstance(output, RankFailed):
+        raise DistributedError(f"rank {output.rank}: {output.error}")
     state, history = output
     return rebuild(run, state, history)
 
@@ -119,8 +130,12 @@ def check_processes(num_processes: int, spark: SparkSession, run: Run) -> None:
         )
 
 
-def _rank(run: Run) -> tuple[dict[str, np.ndarray], History]:
-    """One DDP process (started by torchrun in a Spark task): fit its shard; rank 0 reports."""
+def _rank(run: Run) -> tuple[dict[str, np.ndarray], History] | RankFailed:
+    """One DDP process (started by torchrun in a Spark task): fit its shard; rank 0 reports.
+
+    A rank that fails returns its error. The others then fail too (their peer left the
+    collective), so rank 0's answer always arrives, with the cause when rank 0 had it.
+    """
     use_cuda = torch.cuda.is_available()  # only if Spark gave this task a GPU
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
@@ -136,6 +151,8 @@ def _rank(run: Run) -> tuple[dict[str, np.ndarray], History]:
 
         fitted = fit(run, shard=Shard(rank, world), wrap=wrap, device=device)
         return weights(fitted), fitted.history
+    except Exception as e:  # returned to the driver, see RankFailed
+        return RankFailed(dist.get_rank(), " ".join(f"{type(e).__name__}: {e}".split())[:500])
     finally:
         dist.destroy_process_group()
 

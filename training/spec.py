@@ -269,7 +269,31 @@ class SearchSpec(_Section):
     """auto: max for accuracies and AUC, min otherwise (as early stopping decides)."""
     seed: int = 0
     parallelism: int = Field(default=2, gt=0)
-    space: dict[str, Annotated[list[Any], Field(min_length=1)] | Distribution] = Field(min_length=1)
+    space: dict[str, list[Any] | Distribution] = Field(min_length=1)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _values(cls, space: Any) -> Any:
+        """Each key takes a non-empty list or one distribution; said once, not per union arm."""
+        if not isinstance(space, dict):
+            return space
+        checked: dict[Any, Any] = {}
+        for key, value in space.items():
+            if isinstance(value, list) and value:
+                checked[key] = value
+            elif isinstance(value, dict):
+                try:
+                    checked[key] = Distribution.model_validate(value)
+                except ValidationError as e:
+                    message = describe(e).removeprefix("(top level): ")
+                    raise ValueError(f"{key}: {message}") from e
+            else:
+                raise ValueError(
+                    f"{key}: expected a non-empty list of values, or (random search) one of "
+                    "{uniform: [a, b]}, {loguniform: [a, b]}, {randint: [a, b]}, "
+                    f"{{choice: [...]}}; got {value!r}"
+                )
+        return checked
 
     @model_validator(mode="after")
     def _grid_takes_lists(self) -> SearchSpec:

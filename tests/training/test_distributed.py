@@ -21,7 +21,7 @@ from tests.conftest import MODELS, REPO, SpecWriter
 from training import SpecError, load_spec, train
 from training import data as datasets
 from training.__main__ import main
-from training.distributed import train_distributed
+from training.distributed import DistributedError, train_distributed
 
 
 def committed_spec(name: str, folder: Path) -> Path:
@@ -170,3 +170,19 @@ def test_bad_spark_options_are_one_line_and_exit_2(
 ):
     assert main([str(make_spec()), *args]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.slow
+def test_a_failing_distributed_run_is_one_error_not_a_hang(
+    spark: SparkSession, make_spec: SpecWriter
+):
+    """Global batch 2 on 2 processes is 1 row per rank: batch normalization refuses it."""
+
+    def edit(spec: dict[str, Any]) -> None:
+        spec["model"]["layers"].insert(1, {"type": "batch_normalization"})
+        spec["fit"].update(batch_size=2, epochs=1)
+
+    folder = make_spec(edit)
+    with pytest.raises(DistributedError, match=r"Expected more than 1 value per channel"):
+        train_distributed(folder, num_processes=2, spark=spark)
+    assert not [p for p in folder.iterdir() if p.name != "model.yaml"]

@@ -134,6 +134,15 @@ def test_each_trial_spec_carries_its_values(make_spec: SpecWriter):
             r"search: .*space\.fit\.batch_size: a grid takes a list of values",
         ),
         ({"method": "bayes", "space": {"fit.batch_size": [8]}}, r"search\.method: "),
+        (
+            {"space": {"fit.batch_size": 8}},
+            r"search\.space: fit\.batch_size: expected a non-empty list of values, or \(random "
+            r"search\) one of \{uniform: \[a, b\]\}, .*; got 8$",
+        ),
+        (
+            {"method": "random", "space": {"fit.batch_size": {"normal": [1, 2]}}},
+            r"search\.space: fit\.batch_size: unknown key 'normal'; allowed: choice, loguniform",
+        ),
         ({"space": {}}, r"search\.space: "),
         (
             {"method": "random", "space": {"fit.batch_size": {"uniform": [1, 2], "choice": [3]}}},
