@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench-serving bench-batch clean
+.PHONY: run test lint typecheck pytest bench-serving bench-batch bench-training clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-serving: $(VENV)/.installed-test
 
 bench-batch: $(VENV)/.installed-test
 	$(BIN)/python bench/batch_bench.py
+
+bench-training: $(VENV)/.installed-test
+	$(BIN)/python bench/training_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

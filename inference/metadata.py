@@ -88,6 +88,10 @@ class Provenance(_Strict):
     epochs_run: int | None = None
     duration_s: float | None = None
     parity_max_abs_diff: float | None = None
+    distributed: dict[str, Any] | None = None
+    """Data-parallel training: processes, backend, batch sizes."""
+    search: dict[str, Any] | None = None
+    """Hyperparameter search: the winning trial's params, the method, metric and leaderboard."""
 
 
 class BundleMetadata(_Strict):

@@ -1,15 +1,19 @@
-"""Shared fixtures: specs written into temporary folders, and small bundles trained once."""
+"""Shared fixtures: specs written into temporary folders, small bundles trained once, and one
+real Spark session (`local[2]`) for the batch and training tests."""
 
 from __future__ import annotations
 
 import copy
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
@@ -77,3 +81,15 @@ def copied_bundle(iris_bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / "iris"
     shutil.copytree(iris_bundle.parent, target)
     return target / iris_bundle.name
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    """One real Spark session (`local[2]`) for the whole test session; pyspark is imported only
+    by the tests that use it."""
+    from batch.session import spark_session
+
+    session = spark_session("local[2]", app_name="tests")
+    session.conf.set("spark.sql.shuffle.partitions", "4")
+    yield session
+    session.stop()

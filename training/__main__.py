@@ -1,8 +1,14 @@
 """`python -m training PATH...`: train models from their specs and export their bundles.
 
 PATH is a model folder (`models/side_effects`), its `model.yaml`, or a repository folder
-(`models`), which trains every model in it. Errors are one line on stderr and a non-zero exit:
-2 for a wrong spec or data, 1 for a failed export.
+(`models`), which trains every model in it.
+
+    python -m training models/side_effects                       # one process
+    python -m training models/side_effects --spark --num-processes 2   # DDP, Spark tasks
+    python -m training models/side_effects --search [--spark]    # the spec's search: section
+
+Errors are one line on stderr and a non-zero exit: 2 for a wrong spec, data or option, 1 for a
+failed export, distributed run or search.
 """
 
 from __future__ import annotations
@@ -10,11 +16,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference import InferenceError, list_versions
+from training.distributed import DistributedError, train_distributed
 from training.export import ExportError
+from training.search import SearchError, search
+from training.spark import SparkUnavailable
 from training.spec import SPEC_FILE, SpecError
-from training.train import train
+from training.train import TrainResult, train
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def positive_int(text: str) -> int:
@@ -39,7 +52,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--if-missing", action="store_true", help="skip models that already have a bundle version"
     )
+    spark = parser.add_argument_group("Spark")
+    spark.add_argument(
+        "--spark",
+        action="store_true",
+        help="train on Spark: one model with DDP across --num-processes tasks, or with --search "
+        "each trial as a Spark task",
+    )
+    spark.add_argument(
+        "--num-processes", type=int, help="DDP processes (Spark tasks) for --spark (default 2)"
+    )
+    spark.add_argument(
+        "--master", help="Spark master for --spark (default local[*], or spark-submit's)"
+    )
+    spark.add_argument(
+        "--search", action="store_true", help="run the spec's search: section, export the best"
+    )
+    spark.add_argument(
+        "--parallelism", type=int, help="trials at a time for --search (default search.parallelism)"
+    )
     return parser.parse_args(argv)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that argparse cannot check alone; a mistake is a one-line error, exit 2."""
+    for name in ("num_processes", "parallelism"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise SpecError(f"{flag} must be a positive integer, got {value}")
+    if args.num_processes is not None and (args.search or not args.spark):
+        raise SpecError("--num-processes is for --spark training without --search")
+    if args.parallelism is not None and not args.search:
+        raise SpecError("--parallelism is for --search")
+    if args.master is not None and not args.spark:
+        raise SpecError("--master is for --spark")
 
 
 def model_folders(path: Path) -> list[Path]:
@@ -52,25 +99,51 @@ def model_folders(path: Path) -> list[Path]:
     return children
 
 
+def train_one(folder: Path, args: argparse.Namespace, spark: SparkSession | None) -> TrainResult:
+    if args.search:
+        found = search(folder, spark=spark, parallelism=args.parallelism, epochs=args.epochs)
+        print(f"Leaderboard: {', '.join(map(str, found.files))}")
+        return found.train
+    if spark is not None:
+        return train_distributed(
+            folder,
+            num_processes=args.num_processes or 2,
+            spark=spark,
+            epochs=args.epochs,
+            verbose=args.verbose,
+        )
+    return train(folder, epochs=args.epochs, verbose=args.verbose)
+
+
+def run(args: argparse.Namespace) -> None:
+    check_options(args)
+    folders = [f for p in args.paths for f in model_folders(p)]
+    spark = None
+    for folder in folders:
+        model_dir = folder.parent if folder.is_file() else folder
+        if args.if_missing and list_versions(model_dir):
+            print(f"{model_dir}: bundle exists (version {list_versions(model_dir)[-1]})")
+            continue
+        if args.spark and spark is None:
+            from training.spark import spark_session
+
+            spark = spark_session(args.master)
+        result = train_one(folder, args, spark)
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        print(f"Bundle written: {result.bundle} ({summary})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        folders = [f for p in args.paths for f in model_folders(p)]
-        for folder in folders:
-            model_dir = folder.parent if folder.is_file() else folder
-            if args.if_missing and list_versions(model_dir):
-                print(f"{model_dir}: bundle exists (version {list_versions(model_dir)[-1]})")
-                continue
-            result = train(folder, epochs=args.epochs, verbose=args.verbose)
-            summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-            print(f"Bundle written: {result.bundle} ({summary})")
+        run(args)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (ExportError, InferenceError) as e:
         print(f"error: export failed: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # e.g. a read-only model folder
+    except (DistributedError, SearchError, SparkUnavailable, OSError) as e:  # OSError: read-only
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

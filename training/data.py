@@ -1,7 +1,10 @@
 """Data sets named by a spec's `data.source`, as float32 features and encoded labels.
 
 Sources: `builtin:drug_trial` and `builtin:iris` (made or shipped here, no download),
-`csv:<path>` and `parquet:<path>` relative to the spec file. Every problem with the data (a
+`csv:<path>` and `parquet:<path>` relative to the spec file, and `spark:<table>`, a table or view
+of the Spark session's catalog. When training runs on Spark, `parquet:` is read through Spark too
+(so it may name `hdfs://` or `s3a://` folders). What Spark reads is collected to the driver: the
+models trained here are small and their data must fit in its memory. Every problem with the data (a
 missing column, a non-numeric feature, an unknown class) is a `SpecError` naming the file, the
 spec key and what was expected.
 
@@ -16,10 +19,14 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from training.spec import Spec, SpecError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 Columns = dict[str, np.ndarray]
 DATASETS = Path(__file__).parent / "datasets"
@@ -72,7 +79,13 @@ def iris(seed: int) -> Columns:
 BUILTIN = {"drug_trial": drug_trial, "iris": iris}
 
 
-def read_source(source: str, seed: int, base_dir: Path, spec_file: Path) -> tuple[Columns, str]:
+def read_source(
+    source: str,
+    seed: int,
+    base_dir: Path,
+    spec_file: Path,
+    spark: SparkSession | None = None,
+) -> tuple[Columns, str]:
     """The columns of a source, and a name for it in messages."""
     kind, _, rest = source.partition(":")
     if kind == "builtin":
@@ -82,6 +95,8 @@ def read_source(source: str, seed: int, base_dir: Path, spec_file: Path) -> tupl
                 f"known: {', '.join(sorted(BUILTIN))}"
             )
         return BUILTIN[rest](seed), source
+    if kind == "spark" or (kind == "parquet" and spark is not None):
+        return _read_with_spark(kind, rest, base_dir, spec_file, spark), rest
     path = (base_dir / rest).resolve()
     if not path.exists():
         raise SpecError(f"{spec_file}: data.source: {rest} not found (looked in {base_dir})")
@@ -92,12 +107,42 @@ def read_source(source: str, seed: int, base_dir: Path, spec_file: Path) -> tupl
         table = pyarrow.csv.read_csv(path) if kind == "csv" else pyarrow.parquet.read_table(path)
     except Exception as e:  # pyarrow raises several untyped errors for unreadable files
         raise SpecError(f"{spec_file}: data.source: cannot read {rest} as {kind}: {e}") from e
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}, rest
+    return _columns(table), rest
 
 
-def load(spec: Spec, spec_file: Path) -> Dataset:
+def _read_with_spark(
+    kind: str, rest: str, base_dir: Path, spec_file: Path, spark: SparkSession | None
+) -> Columns:
+    """A catalog table (`spark:`) or Parquet (`parquet:`), read by Spark, collected as Arrow."""
+    from pyspark.errors import AnalysisException
+
+    from training.spark import active_session
+
+    session = spark or active_session()
+    try:
+        if kind == "spark":
+            frame = session.table(rest)
+        else:
+            local = "://" not in rest and not rest.startswith("/")
+            frame = session.read.parquet(str((base_dir / rest).resolve()) if local else rest)
+        return _columns(frame.toArrow())
+    except AnalysisException as e:
+        what = f"no table or view {rest!r} in the Spark catalog" if kind == "spark" else ""
+        reason = what or f"Spark cannot read {rest} as parquet"
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecError(f"{spec_file}: data.source: {reason} ({first_line})") from e
+
+
+def _columns(table: Any) -> Columns:
+    """A pyarrow table's columns as numpy arrays."""
+    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
+
+
+def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Dataset:
     """The spec's data set: features by name, labels encoded for its loss."""
-    columns, where = read_source(spec.data.source, spec.data.seed, spec_file.parent, spec_file)
+    columns, where = read_source(
+        spec.data.source, spec.data.seed, spec_file.parent, spec_file, spark
+    )
 
     def column(name: str, key: str) -> np.ndarray:
         if name not in columns:

@@ -5,6 +5,10 @@ means of the loss and metrics (as Keras's progress bar does), then evaluate the 
 in inference mode. Early stopping follows `keras.callbacks.EarlyStopping`, except that
 `restore_best_weights` restores the best epoch whenever training ends, not only when it stopped
 early (the surprise of Keras 2 that users asked to have removed).
+
+Under DistributedDataParallel (`Shard` with `world > 1`) each rank steps through its share of
+every epoch's shuffled rows, with the global batch (`fit.batch_size`) split across the ranks;
+the training logs are summed over all ranks, and every rank evaluates the whole validation set.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from training import metrics as metric_registry
@@ -52,6 +57,50 @@ class Batches:
         return len(self.x)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a data-parallel fit: rank `rank` of `world` (1: not distributed).
+
+    Like torch's `DistributedSampler`: every rank draws the same seeded permutation of the
+    training rows each epoch, pads it (wrapping around) to a multiple of `world`, and takes
+    every `world`-th row from its rank on. All ranks thus run the same number of steps, which
+    DDP needs (a rank with one step more would wait forever for the others' gradients).
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def rows(self, n: int) -> int:
+        return -(-n // self.world)
+
+    def batch_size(self, global_batch: int) -> int:
+        """Per rank: the global batch split across ranks (rounded up), so that one optimizer
+        step sees `fit.batch_size` rows in all, as in single-process training."""
+        return -(-global_batch // self.world)
+
+    def take(self, order: Tensor) -> Tensor:
+        if self.world == 1:
+            return order
+        padded = torch.cat([order, order[: self.rows(len(order)) * self.world - len(order)]])
+        return padded[self.rank :: self.world]
+
+    def sum(self, totals: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
+        """Sums of the training logs over all ranks."""
+        if self.world == 1:
+            return totals, seen
+        values = torch.tensor([*totals.values(), float(seen)], dtype=torch.float64)
+        dist.all_reduce(values)
+        return dict(zip(totals, values[:-1].tolist(), strict=True)), int(values[-1].item())
+
+    def agree(self, logs: dict[str, float]) -> dict[str, float]:
+        """Rank 0's logs on every rank, so early stopping decides alike everywhere."""
+        if self.world == 1:
+            return logs
+        values = torch.tensor(list(logs.values()), dtype=torch.float64)
+        dist.broadcast(values, src=0)
+        return dict(zip(logs, values.tolist(), strict=True))
+
+
 @dataclass
 class Trainer:
     """A model with what `compile` and `fit` configure: loss, optimizer, metrics, schedule."""
@@ -64,6 +113,7 @@ class Trainer:
     generator: torch.Generator
     progress: Progress
     metric_fns: dict[str, metric_registry.Metric] = field(default_factory=dict)
+    shard: Shard = field(default_factory=Shard)
 
     def fit(self, train: Batches, validation: Batches | None) -> History:
         with torch.no_grad():
@@ -80,6 +130,7 @@ class Trainer:
             logs = self.train_epoch(train)
             if validation is not None and len(validation):
                 logs.update({f"val_{k}": v for k, v in self.evaluate(validation).items()})
+            logs = self.shard.agree(logs)
             history.epochs.append(logs)
             self.progress.epoch_end(epoch, logs)
             if stopper is not None and stopper.update(epoch, logs):
@@ -94,8 +145,11 @@ class Trainer:
 
     def train_epoch(self, data: Batches) -> dict[str, float]:
         self.model.train()
-        n, batch_size = len(data), self.config.batch_size
+        n, batch_size = len(data), self.shard.batch_size(self.config.batch_size)
         order = torch.randperm(n, generator=self.generator) if self.config.shuffle else None
+        if self.shard.world > 1:
+            order = self.shard.take(order if order is not None else torch.arange(n))
+            n = len(order)
         totals: dict[str, float] = defaultdict(float)
         seen = 0
         for step, start in enumerate(range(0, n, batch_size), start=1):
@@ -108,11 +162,12 @@ class Trainer:
             self.optimizer.zero_grad()
             output = self.model(x)
             loss = self.loss(y, output)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()  # type: ignore[no-untyped-call]  # DDP averages gradients here
             self.optimizer.step()
             self._accumulate(totals, loss, y, output)
             seen += len(x)
             self.progress.step(step, {k: v / seen for k, v in totals.items()})
+        totals, seen = self.shard.sum(dict(totals), seen)
         return {k: v / seen for k, v in totals.items()}
 
     def evaluate(self, data: Batches) -> dict[str, float]:

@@ -2,18 +2,22 @@
 
     python -m training models/side_effects
 
-The story of one run: read the spec; load and split the data (seeded); fit the scaler on the
-training rows; build the Keras-style network; fit it with Keras's loss, optimizer and metrics;
-export scaler + network + class head to ONNX; check that onnxruntime reproduces PyTorch on the
-held-out rows; publish the bundle folder.
+The story of one run, in three steps that every way of training shares (one process here, one
+rank of DistributedDataParallel in `training.distributed`, one trial in `training.search`):
+1. `prepare`: read the spec; load and split the data (seeded);
+2. `fit`: fit the scaler on the training rows; build the Keras-style network (seeded); fit it
+   with Keras's loss, optimizer and metrics;
+3. `export`: export scaler + network + class head to ONNX; check that onnxruntime reproduces
+   PyTorch on the held-out rows; publish the bundle folder.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
@@ -22,13 +26,24 @@ from torch import Tensor, nn
 from training import data as datasets
 from training import losses
 from training.export import ServingGraph, export_bundle
-from training.fit import Batches, History, Trainer
+from training.fit import Batches, History, Shard, Trainer
 from training.network import Sequential
 from training.optimizers import Optimizer
 from training.plots import plot_history
 from training.preprocessing import Scaler
 from training.progress import Progress
-from training.spec import SPEC_FILE, Spec, SpecError, load_spec, spec_sha256, units_fit_classes
+from training.spec import (
+    SPEC_FILE,
+    FitSpec,
+    Spec,
+    SpecError,
+    load_spec,
+    spec_sha256,
+    units_fit_classes,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 PARITY_RANDOM_ROWS = 256
 PARITY_HELD_OUT_ROWS = 1024
@@ -41,6 +56,35 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Run:
+    """Everything a fit needs, loaded once on the driver and small enough to ship to workers."""
+
+    spec: Spec
+    spec_file: Path
+    fit_config: FitSpec
+    classes: list[str] | None
+    train_set: datasets.Dataset
+    val_set: datasets.Dataset
+
+    @property
+    def seed(self) -> int:
+        return self.spec.data.seed
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A trained network with its scaler, and the history of the fit."""
+
+    network: Sequential
+    scaler: Scaler
+    history: History
+
+    @property
+    def model(self) -> nn.Sequential:
+        return nn.Sequential(self.scaler, self.network)  # shares the parameters
+
+
 def train(
     spec_path: str | Path,
     *,
@@ -50,53 +94,131 @@ def train(
 ) -> TrainResult:
     """Train the model of `spec_path` (a model folder or its model.yaml); export its bundle."""
     started = time.perf_counter()
-    spec, spec_file = load_spec(spec_path)
-    fit_config = spec.fit.model_copy(
-        update={k: v for k, v in {"epochs": epochs, "verbose": verbose}.items() if v is not None}
-    )
-    seed = spec.data.seed
-    torch.manual_seed(seed)
+    run = prepare(spec_path, epochs=epochs, verbose=verbose)
+    fitted = fit(run, stream=stream)
+    return export(run, fitted, started=started)
 
-    data = datasets.load(spec, spec_file)
-    train_set, val_set = datasets.split(data, spec.validation_split, seed)
+
+def prepare(
+    spec_path: str | Path,
+    *,
+    epochs: int | None = None,
+    verbose: int | None = None,
+    spark: SparkSession | None = None,
+) -> Run:
+    """Read the spec, apply the command-line overrides, load and split its data (seeded)."""
+    spec, spec_file = load_spec(spec_path)
+    return prepare_spec(spec, spec_file, epochs=epochs, verbose=verbose, spark=spark)
+
+
+def prepare_spec(
+    spec: Spec,
+    spec_file: Path,
+    *,
+    epochs: int | None = None,
+    verbose: int | None = None,
+    spark: SparkSession | None = None,
+    data: datasets.Dataset | None = None,
+) -> Run:
+    """`prepare` for a spec already parsed (a search trial); `data` skips loading it again."""
+    overrides = {"epochs": epochs, "verbose": verbose}
+    fit_config = spec.fit.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if data is None:
+        data = datasets.load(spec, spec_file, spark=spark)
+    train_set, val_set = datasets.split(data, spec.validation_split, spec.data.seed)
     if len(train_set) == 0:
         raise SpecError(f"{spec_file}: data: no training rows left after the validation split")
+    return Run(spec, spec_file, fit_config, data.classes, train_set, val_set)
 
-    scaler = Scaler.fit(spec.preprocessing.scale, train_set.features)
+
+def fit(
+    run: Run,
+    *,
+    shard: Shard | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    device: torch.device | None = None,
+    stream: TextIO | None = None,
+) -> Fitted:
+    """Build the seeded network and fit it; `shard` and `wrap` make it one rank of DDP.
+
+    `device` (a GPU) holds the model and the whole data set, which is small by design.
+    """
+    spec, shard = run.spec, shard or Shard()
+    scaler = Scaler.fit(spec.preprocessing.scale, run.train_set.features)
+    torch.manual_seed(run.seed)  # the same initial weights on every run and every rank
     network = Sequential(spec.network, len(spec.data.features))
-    model = nn.Sequential(scaler, network)  # what is trained is what is exported
+    model: nn.Module = nn.Sequential(scaler, network)  # what is trained is what is exported
     units = network.out_features
-    _check_classes(spec, spec_file, data.classes, units)
+    _check_classes(spec, run.spec_file, run.classes, units)
+    if device is not None:
+        model = model.to(device)
+    if wrap is not None:
+        model = wrap(model)
 
-    steps = -(-len(train_set) // fit_config.batch_size)
+    config = run.fit_config
+    rows = shard.rows(len(run.train_set))
+    steps = -(-rows // shard.batch_size(config.batch_size))
     optimizer = spec.compile.optimizer
     trainer = Trainer(
         model=model,
         loss=losses.get(spec.compile.loss),
         optimizer=Optimizer(optimizer.name, optimizer.params, model.parameters()),
         metric_names=spec.compile.metrics,
-        config=fit_config,
-        generator=torch.Generator().manual_seed(seed),
-        progress=Progress(fit_config.verbose, fit_config.epochs, steps, stream),
+        config=config,
+        generator=torch.Generator().manual_seed(run.seed),
+        progress=Progress(config.verbose if shard.rank == 0 else 0, config.epochs, steps, stream),
+        shard=shard,
     )
     history = trainer.fit(
-        Batches(_features(train_set), targets(train_set.labels, spec, units)),
-        Batches(_features(val_set), targets(val_set.labels, spec, units)),
+        _batches(run.train_set, spec, units, device), _batches(run.val_set, spec, units, device)
     )
+    return Fitted(network.cpu(), scaler.cpu(), history)
 
+
+def rebuild(run: Run, state: Mapping[str, np.ndarray], history: History) -> Fitted:
+    """The network a worker trained, re-created on the driver from its weights."""
+    scaler = Scaler.fit(run.spec.preprocessing.scale, run.train_set.features)
+    network = Sequential(run.spec.network, len(run.spec.data.features))
+    nn.Sequential(scaler, network).load_state_dict(
+        {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+    )
+    return Fitted(network, scaler, history)
+
+
+def weights(fitted: Fitted) -> dict[str, np.ndarray]:
+    """The trained state as numpy arrays: what a worker sends back to the driver."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in fitted.model.state_dict().items()}
+
+
+def export(
+    run: Run,
+    fitted: Fitted,
+    *,
+    started: float,
+    provenance: Mapping[str, Any] | None = None,
+    extras: Callable[[Path], None] | None = None,
+) -> TrainResult:
+    """Export the next version of the bundle, with the parity check; `extras` adds files."""
+    spec, spec_file, history = run.spec, run.spec_file, fitted.history
     graph = ServingGraph(
-        network,
-        scaler,
+        fitted.network,
+        fitted.scaler,
         spec.data.features,
-        classes=data.classes,
+        classes=run.classes,
         decision_threshold=0.0 if spec.compile.loss in losses.SIGNED_OUTPUT else 0.5,
     )
+
+    def write_files(plot_path: Path) -> None:  # called with the staging folder's training.png
+        plot_history(history.columns, plot_path, spec.name)
+        if extras is not None:
+            extras(plot_path.parent)
+
     bundle = export_bundle(
         graph,
         spec_file.parent,
         name=spec.name,
         description=spec.description,
-        parity_rows=parity_rows(train_set.features, val_set.features, seed),
+        parity_rows=parity_rows(run.train_set.features, run.val_set.features, run.seed),
         metrics=history.final,
         history=history.columns,
         provenance={
@@ -104,11 +226,12 @@ def train(
             "spec_file": SPEC_FILE,
             "spec_sha256": spec_sha256(spec_file),
             "spec": spec.model_dump(mode="json", by_alias=True),
-            "rows": {"train": len(train_set), "validation": len(val_set)},
+            "rows": {"train": len(run.train_set), "validation": len(run.val_set)},
             "epochs_run": len(history.epochs),
             "duration_s": round(time.perf_counter() - started, 3),
+            **(provenance or {}),
         },
-        plot=lambda path: plot_history(history.columns, path, spec.name),
+        plot=write_files,
     )
     return TrainResult(bundle, history, history.final)
 
@@ -134,8 +257,12 @@ def parity_rows(train: np.ndarray, held_out: np.ndarray, seed: int) -> np.ndarra
     return np.concatenate([held_out[:PARITY_HELD_OUT_ROWS], random]).astype(np.float32)
 
 
-def _features(data: datasets.Dataset) -> Tensor:
-    return torch.as_tensor(data.features, dtype=torch.float32)
+def _batches(
+    data: datasets.Dataset, spec: Spec, units: int, device: torch.device | None
+) -> Batches:
+    x = torch.as_tensor(data.features, dtype=torch.float32)
+    y = targets(data.labels, spec, units)
+    return Batches(x, y) if device is None else Batches(x.to(device), y.to(device))
 
 
 def _check_classes(spec: Spec, spec_file: Path, classes: list[str] | None, units: int) -> None:

@@ -1,0 +1,188 @@
+"""Training on Spark: DDP through TorchDistributor on real Spark `local[2]` with gloo, and data
+read through Spark (`spark:<table>`, `parquet:`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+
+import inference
+from tests.conftest import MODELS, REPO, SpecWriter
+from training import SpecError, load_spec, train
+from training import data as datasets
+from training.__main__ import main
+from training.distributed import DistributedError, train_distributed
+
+
+def committed_spec(name: str, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    shutil.copy(MODELS / name / "model.yaml", folder / "model.yaml")
+    return folder
+
+
+def held_out_accuracy(bundle: Path) -> float:
+    """The bundle's accuracy on its own validation split, computed by onnxruntime."""
+    spec, spec_file = load_spec(bundle.parent)
+    _, validation = datasets.split(
+        datasets.load(spec, spec_file), spec.validation_split, spec.data.seed
+    )
+    predicted = inference.load(bundle).predict(validation.features).class_index
+    return float(np.mean(predicted == validation.labels))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_ddp_on_the_drug_trial_reaches_single_process_quality(spark: SparkSession, tmp_path: Path):
+    single = train(committed_spec("side_effects", tmp_path / "one"), epochs=4, verbose=0)
+    ddp = train_distributed(
+        committed_spec("side_effects", tmp_path / "two"),
+        num_processes=2,
+        spark=spark,
+        epochs=4,
+        verbose=0,
+    )
+    assert abs(ddp.metrics["val_accuracy"] - single.metrics["val_accuracy"]) <= 0.02
+    assert len(ddp.history.epochs) == 4
+    # The driver exported the weights rank 0 trained: onnxruntime reproduces its metric.
+    assert held_out_accuracy(ddp.bundle) == pytest.approx(ddp.metrics["val_accuracy"])
+    metadata = json.loads((ddp.bundle / "metadata.json").read_text())
+    distributed = metadata["provenance"]["distributed"]
+    assert distributed["num_processes"] == 2
+    assert distributed["backend"] == "gloo"
+    assert (distributed["global_batch_size"], distributed["per_process_batch_size"]) == (10, 5)
+    assert metadata["provenance"]["parity_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_cli_spark_trains_iris_with_ddp_to_a_bundle_that_predicts(tmp_path: Path):
+    single = train(committed_spec("iris", tmp_path / "one"), epochs=15, verbose=0)
+    folder = committed_spec("iris", tmp_path / "two")
+    result = run_cli(
+        str(folder), "--spark", "--master", "local[2]", "--num-processes", "2", "--epochs", "15"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Bundle written: {folder / '1'} (loss " in result.stdout
+    metadata = json.loads((folder / "1" / "metadata.json").read_text())
+    assert abs(metadata["metrics"]["val_accuracy"] - single.metrics["val_accuracy"]) <= 0.02
+    model = inference.load(folder)
+    prediction = model.predict([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+    assert prediction.labels == ["setosa", "virginica"]
+    assert held_out_accuracy(folder / "1") == pytest.approx(metadata["metrics"]["val_accuracy"])
+
+
+def test_more_processes_than_task_slots_is_refused(spark: SparkSession, make_spec: SpecWriter):
+    with pytest.raises(SpecError, match=r"--num-processes 3 needs 3 Spark task slots at once"):
+        train_distributed(make_spec(), num_processes=3, spark=spark)
+
+
+def drug_trial_spec(spec: dict[str, Any], source: str) -> None:
+    committed = (MODELS / "side_effects" / "model.yaml").read_text()
+    import yaml
+
+    spec.clear()
+    spec.update(yaml.safe_load(committed))
+    spec["data"]["source"] = source
+    spec["fit"].update(epochs=1, verbose=0)
+
+
+def test_a_spark_table_trains_like_the_same_rows_from_anywhere(
+    spark: SparkSession, make_spec: SpecWriter
+):
+    rows = datasets.drug_trial(42)
+    table = spark.createDataFrame(
+        [(float(a), int(s)) for a, s in zip(rows["age"], rows["side_effects"], strict=True)],
+        "age double, side_effects long",
+    )
+    table.createOrReplaceTempView("patients")
+    from_table = train(make_spec(lambda s: drug_trial_spec(s, "spark:patients"), name="table"))
+    builtin = train(make_spec(lambda s: drug_trial_spec(s, "builtin:drug_trial"), name="builtin"))
+    assert from_table.history.epochs == builtin.history.epochs
+    metadata = json.loads((from_table.bundle / "metadata.json").read_text())
+    assert metadata["provenance"]["spec"]["data"]["source"] == "spark:patients"
+    assert metadata["provenance"]["rows"] == {"train": 1890, "validation": 210}
+
+
+def test_a_missing_spark_table_is_a_spec_error(spark: SparkSession, make_spec: SpecWriter):
+    del spark  # the active session, where the table is looked up
+    folder = make_spec(lambda s: s["data"].update(source="spark:no_such_table"))
+    with pytest.raises(SpecError, match=r"data\.source: no table or view 'no_such_table'"):
+        train(folder)
+
+
+def test_parquet_read_through_spark_equals_pyarrow(
+    spark: SparkSession, make_spec: SpecWriter, tmp_path: Path
+):
+    rng = np.random.default_rng(1)
+    folder = make_spec(
+        lambda s: s["data"].update(source="parquet:flowers.parquet", classes=None), name="pq"
+    )
+    flowers = {
+        name: rng.normal(5, 1, 40)
+        for name in ("sepal_length", "sepal_width", "petal_length", "petal_width")
+    }
+    flowers["species"] = rng.choice(["setosa", "versicolor", "virginica"], 40)
+    pq.write_table(pa.table(flowers), folder / "flowers.parquet")
+    spec, spec_file = load_spec(folder)
+    plain = datasets.load(spec, spec_file)
+    through_spark = datasets.load(spec, spec_file, spark=spark)
+    np.testing.assert_array_equal(plain.features, through_spark.features)
+    np.testing.assert_array_equal(plain.labels, through_spark.labels)
+    assert plain.classes == through_spark.classes
+    missing = spec.model_copy(
+        update={"data": spec.data.model_copy(update={"source": "parquet:nowhere.parquet"})}
+    )
+    with pytest.raises(SpecError, match=r"data\.source: Spark cannot read nowhere\.parquet"):
+        datasets.load(missing, spec_file, spark=spark)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--spark", "--num-processes", "0"], "--num-processes must be a positive integer, got 0"),
+        (["--num-processes", "2"], "--num-processes is for --spark training without --search"),
+        (["--search", "--parallelism", "-1"], "--parallelism must be a positive integer, got -1"),
+        (["--master", "local[2]"], "--master is for --spark"),
+        (["--parallelism", "2"], "--parallelism is for --search"),
+    ],
+)
+def test_bad_spark_options_are_one_line_and_exit_2(
+    args: list[str], message: str, make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
+):
+    assert main([str(make_spec()), *args]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.slow
+def test_a_failing_distributed_run_is_one_error_not_a_hang(
+    spark: SparkSession, make_spec: SpecWriter
+):
+    """Global batch 2 on 2 processes is 1 row per rank: batch normalization refuses it."""
+
+    def edit(spec: dict[str, Any]) -> None:
+        spec["model"]["layers"].insert(1, {"type": "batch_normalization"})
+        spec["fit"].update(batch_size=2, epochs=1)
+
+    folder = make_spec(edit)
+    with pytest.raises(DistributedError, match=r"Expected more than 1 value per channel"):
+        train_distributed(folder, num_processes=2, spark=spark)
+    assert not [p for p in folder.iterdir() if p.name != "model.yaml"]

@@ -1,0 +1,174 @@
+"""One model, many workers: data-parallel training on Spark with PyTorch DDP.
+
+    python -m training models/side_effects --spark --num-processes 2
+    spark-submit --master yarn training/__main__.py models/side_effects --spark --num-processes 4
+
+The driver prepares the run as single-process training does (spec, data, seeded split; a
+`spark:` or `parquet:` source is read through Spark and collected). pyspark's
+`TorchDistributor` then starts one barrier Spark task per process (`local_mode=False`, so the
+processes are Spark tasks on `local[*]` and on a cluster alike); each task runs torchrun, which
+calls `_rank` with the prepared run. Every rank builds the same seeded network, wraps it in
+`DistributedDataParallel` (gloo on CPU, nccl when the task sees a GPU) and fits it with the
+shared trainer on its shard of each epoch (`training.fit.Shard`).
+
+Batch size: `fit.batch_size` stays the *global* batch. Each rank takes `ceil(batch_size / N)`
+rows per step and DDP averages the gradients, so one optimizer step sees the same number of rows
+(and the same learning rate) as single-process training, and the number of steps per epoch is
+the same too. That is what lets N processes reach the quality of one with the same spec.
+
+Rank 0 returns its weights and history (TorchDistributor returns rank 0's value); the driver
+re-creates the network and exports the bundle with the usual parity check.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from training.fit import History, Shard
+from training.spark import spark_session, task_slots
+from training.spec import SpecError
+from training.train import Fitted, Run, TrainResult, export, fit, prepare, rebuild, weights
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+"""How long a rank waits for the others in one collective before it gives up (gloo's default
+of 30 minutes would leave a failed run hanging for half an hour)."""
+
+
+class DistributedError(Exception):
+    """The distributed run failed on the workers."""
+
+
+@dataclass(frozen=True)
+class RankFailed:
+    """What a rank returns instead of raising: TorchDistributor reports a raised error only as
+    "failed during training, view stdout logs", without the cause."""
+
+    rank: int
+    error: str
+
+
+def train_distributed(
+    spec_path: str | Path,
+    *,
+    num_processes: int = 2,
+    spark: SparkSession | None = None,
+    master: str | None = None,
+    epochs: int | None = None,
+    verbose: int | None = None,
+) -> TrainResult:
+    """Train the model of `spec_path` with `num_processes` DDP workers as Spark tasks."""
+    started = time.perf_counter()
+    spark = spark or spark_session(master)
+    run = prepare(spec_path, epochs=epochs, verbose=verbose, spark=spark)
+    fitted = fit_distributed(run, spark, num_processes)
+    return export(
+        run,
+        fitted,
+        started=started,
+        provenance={
+            "distributed": {
+                "num_processes": num_processes,
+                "backend": "nccl" if _spark_gives_gpus(spark) else "gloo",
+                "launcher": "pyspark.ml.torch.distributor.TorchDistributor",
+                "global_batch_size": run.fit_config.batch_size,
+                "per_process_batch_size": Shard(0, num_processes).batch_size(
+                    run.fit_config.batch_size
+                ),
+            }
+        },
+    )
+
+
+def fit_distributed(run: Run, spark: SparkSession, num_processes: int) -> Fitted:
+    """Fit `run` with `num_processes` DDP ranks as Spark barrier tasks; rank 0's model back."""
+    check_processes(num_processes, spark, run)
+    try:
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        distributor = TorchDistributor(
+            num_processes=num_processes, local_mode=False, use_gpu=_spark_gives_gpus(spark)
+        )
+        output = distributor.run(_rank, run)
+    except Exception as e:  # Py4J and pyspark wrap the workers' errors in several types
+        raise DistributedError(_last_line(e)) from e
+    if output is None:
+        raise DistributedError("the workers returned nothing (rank 0 did not finish)")
+    if isinstance(output, RankFailed):
+        raise DistributedError(f"rank {output.rank}: {output.error}")
+    state, history = output
+    return rebuild(run, state, history)
+
+
+def check_processes(num_processes: int, spark: SparkSession, run: Run) -> None:
+    """A barrier stage needs all its tasks at once: refuse more processes than task slots."""
+    if num_processes < 1:
+        raise SpecError(f"--num-processes must be at least 1, got {num_processes}")
+    slots = task_slots(spark)
+    if slots is not None and num_processes > slots:
+        raise SpecError(
+            f"--num-processes {num_processes} needs {num_processes} Spark task slots at once, "
+            f"but {spark.sparkContext.master} has {slots}"
+        )
+    if num_processes > len(run.train_set):
+        raise SpecError(
+            f"{run.spec_file}: data: {len(run.train_set)} training rows cannot feed "
+            f"{num_processes} processes"
+        )
+
+
+def _rank(run: Run) -> tuple[dict[str, np.ndarray], History] | RankFailed:
+    """One DDP process (started by torchrun in a Spark task): fit its shard; rank 0 reports.
+
+    A rank that fails returns its error. The others then fail too (their peer left the
+    collective), so rank 0's answer always arrives, with the cause when rank 0 had it.
+    """
+    use_cuda = torch.cuda.is_available()  # only if Spark gave this task a GPU
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = None
+        if use_cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+
+        def wrap(model: nn.Module) -> nn.Module:
+            # DDP broadcasts rank 0's weights; the seeded build makes them equal anyway.
+            return DistributedDataParallel(model, device_ids=[device] if device else None)
+
+        fitted = fit(run, shard=Shard(rank, world), wrap=wrap, device=device)
+        return weights(fitted), fitted.history
+    except Exception as e:  # returned to the driver, see RankFailed
+        return RankFailed(dist.get_rank(), " ".join(f"{type(e).__name__}: {e}".split())[:500])
+    finally:
+        dist.destroy_process_group()
+
+
+def _spark_gives_gpus(spark: SparkSession) -> bool:
+    """GPUs for the tasks only when Spark is configured to hand them out."""
+    amount = spark.sparkContext.getConf().get("spark.task.resource.gpu.amount", "0")
+    return float(amount or 0) > 0
+
+
+def _last_line(error: Any) -> str:
+    """The useful line of a worker's error (Python's last traceback line), not the JVM dump."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    python_errors = [
+        line
+        for line in lines
+        if ": " in line and line.split(":")[0].endswith(("Error", "Exception"))
+    ]
+    return (python_errors or lines or [type(error).__name__])[-1][:500]
