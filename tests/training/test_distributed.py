@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,8 @@ import pytest
 from pyspark.sql import SparkSession
 
 import inference
-from tests.conftest import MODELS, REPO, SpecWriter
+from tests.conftest import MODELS, SpecWriter
+from tests.training.helpers import held_out_accuracy, run_cli
 from training import SpecError, load_spec, train
 from training import data as datasets
 from training.__main__ import main
@@ -28,27 +27,6 @@ def committed_spec(name: str, folder: Path) -> Path:
     folder.mkdir(parents=True)
     shutil.copy(MODELS / name / "model.yaml", folder / "model.yaml")
     return folder
-
-
-def held_out_accuracy(bundle: Path) -> float:
-    """The bundle's accuracy on its own validation split, computed by onnxruntime."""
-    spec, spec_file = load_spec(bundle.parent)
-    _, validation = datasets.split(
-        datasets.load(spec, spec_file), spec.validation_split, spec.data.seed
-    )
-    predicted = inference.load(bundle).predict(validation.features).class_index
-    return float(np.mean(predicted == validation.labels))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
 
 
 @pytest.mark.slow
@@ -78,7 +56,9 @@ def test_cli_spark_trains_iris_with_ddp_to_a_bundle_that_predicts(tmp_path: Path
     single = train(committed_spec("iris", tmp_path / "one"), epochs=15, verbose=0)
     folder = committed_spec("iris", tmp_path / "two")
     result = run_cli(
-        str(folder), "--spark", "--master", "local[2]", "--num-processes", "2", "--epochs", "15"
+        str(folder),
+        *("--spark", "--master", "local[2]", "--num-processes", "2", "--epochs", "15"),
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Bundle written: {folder / '1'} (loss " in result.stdout

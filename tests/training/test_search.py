@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
 import inference
-from tests.conftest import REPO, SpecWriter
+from tests.conftest import SpecWriter
+from tests.training.helpers import held_out_accuracy, run_cli
 from training import SpecError, load_spec
-from training import data as datasets
 from training.search import SearchError, plan, search
 
 BATCH_NORM_LAYERS = [
@@ -43,15 +40,6 @@ def planned(make_spec: SpecWriter, **search: Any) -> list[dict[str, Any]]:
 def read_leaderboard(bundle: Path) -> list[dict[str, str]]:
     with (bundle / "leaderboard.csv").open() as f:
         return list(csv.DictReader(f))
-
-
-def held_out_accuracy(bundle: Path) -> float:
-    spec, spec_file = load_spec(bundle.parent)
-    _, validation = datasets.split(
-        datasets.load(spec, spec_file), spec.validation_split, spec.data.seed
-    )
-    predicted = inference.load(bundle).predict(validation.features).class_index
-    return float(np.mean(predicted == validation.labels))
 
 
 def test_a_grid_is_every_combination_in_order(make_spec: SpecWriter):
@@ -176,14 +164,7 @@ def test_pool_search_reports_failed_trials_and_exports_the_best(make_spec: SpecW
         }
 
     folder = make_spec(edit)
-    result = subprocess.run(
-        [sys.executable, "-m", "training", str(folder), "--search"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    result = run_cli(str(folder), "--search", timeout=600)
     assert result.returncode == 0, result.stderr
     assert "Search: 4 grid trials, val_accuracy (max), 2 at a time in a process pool" in (
         result.stdout
@@ -263,14 +244,7 @@ def test_when_every_trial_fails_nothing_is_exported(spark: SparkSession, make_sp
 
 def test_cli_search_spec_error_is_one_line_and_exit_2(make_spec: SpecWriter):
     folder = make_spec(with_search(space={"model.layers.0.unit": [4]}))
-    result = subprocess.run(
-        [sys.executable, "-m", "training", str(folder), "--search"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = run_cli(str(folder), "--search")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(
