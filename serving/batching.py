@@ -165,18 +165,18 @@ class Batcher:
                 )
         self._arm_watchdog(loop)
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start a batch now, at the next turn of the loop, or when the oldest request's wait
-        is over; nothing while the model is busy (the running batch calls back when done)."""
+    def _schedule(self, loop: asyncio.AbstractEventLoop, *, turned: bool = False) -> None:
+        """Start a batch now, or once the oldest request's wait is over; nothing while the
+        model is busy (the running batch calls back when done). A batch that is due still
+        waits one turn of the loop (`turned`), so that requests of the same turn join it."""
         if not self._queue or self._running >= self._max_running:
             return
         if self._queued_rows >= self.config.max_batch_size:
             self._dispatch(loop)
             return
         wait = self._queue[0].enqueued + self.config.max_delay_us / 1e6 - time.perf_counter()
-        if wait <= 0:
-            if self._soon is None:  # let requests of this same turn of the loop join
-                self._soon = loop.call_soon(self._on_timer, loop)
+        if wait <= 0 and turned:
+            self._dispatch(loop)
         elif wait < TIMER_RESOLUTION_S:
             # uvloop's timers fire in whole milliseconds: a 200 µs wait would last 1-2 ms.
             # Shorter waits poll at each turn of the loop (which keeps it busy only for them).
@@ -187,16 +187,11 @@ class Batcher:
 
     def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
         self._soon = None
-        self._schedule(loop)
+        self._schedule(loop, turned=True)
 
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         self._schedule(loop)
-
-    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = self._soon = None
-        if self._queue and self._running < self._max_running:
-            self._dispatch(loop)
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         for handle in (self._timer, self._soon):
