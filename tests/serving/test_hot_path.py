@@ -1,4 +1,4 @@
-"""The hot routes served below FastAPI are exactly FastAPI's own routes, handlers included."""
+"""The hot routes served in front of FastAPI are exactly FastAPI's own routes, handlers included."""
 
 from __future__ import annotations
 
