@@ -50,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     score.add_argument("--master", help="Spark master (default local[*], or spark-submit's)")
     score.add_argument(
+        "--io",
+        choices=("auto", "arrow", "spark"),
+        default="auto",
+        help="who reads and writes the files: pyarrow inside Spark's tasks (fast; local Parquet "
+        "only), Spark's own reader and writer, or auto (arrow where it can; the default)",
+    )
+    score.add_argument(
         "--fail-on-bad-rows",
         action="store_true",
         help="exit 1 without writing if any row cannot be scored",
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             features_column=args.features_column,
             version=args.version,
             fail_on_bad_rows=args.fail_on_bad_rows,
+            io=args.io,
         )
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,10 +17,14 @@ from typing import Literal
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from batch.scoring import ScoringError, score_dataframe
+from batch import arrow_files
+from batch.scoring import ScoringError, prepare, scored_columns
+from batch.worker import ScoringSpec
 
 log = logging.getLogger("batch")
 Format = Literal["parquet", "csv"]
+IO = Literal["auto", "arrow", "spark"]
+"""Who reads and writes the files: pyarrow in Spark's tasks (`batch.arrow_files`), or Spark."""
 
 
 class JobError(Exception):
@@ -82,14 +87,17 @@ def run(
     features_column: str | None = None,
     version: int | None = None,
     fail_on_bad_rows: bool = False,
+    io: IO = "auto",
 ) -> JobReport:
     start = time.perf_counter()
     fs, target = _filesystem(spark, output_path), _jpath(spark, output_path)
     if fs.exists(target) and mode == "error":
         raise JobError(f"output {output_path} exists; pass --mode overwrite to replace it")
-    table = read_table(spark, input_path, input_format(input_path, fmt))
+    in_format = input_format(input_path, fmt)
+    log.info("scoring %s with %s", input_path, model)
+    table = read_table(spark, input_path, in_format)
     try:
-        scored = score_dataframe(
+        spec = prepare(
             table,
             model,
             version=version,
@@ -99,25 +107,31 @@ def run(
         )
     except ScoringError as e:
         raise JobError(str(e)) from e
-    partitions = table.rdd.getNumPartitions()
-    log.info("scoring %s with %s: %d partition(s)", input_path, model, partitions)
-    if output_format == "csv":  # CSV has no arrays: write them as JSON text
-        scored = scored.select(
-            *[
-                F.to_json(F.col(f"`{f.name}`")).alias(f.name)
-                if f.dataType.typeName() == "array"
-                else F.col(f"`{f.name}`")
-                for f in scored.schema.fields
-            ]
-        )
     staging = f"{output_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        scored.write.format(output_format).option("header", "true").save(staging)
-        rows, bad = _count(spark, staging, output_format, f"{prefix}error")
-        if bad and fail_on_bad_rows:
+        task_plan = _arrow_plan(
+            spark,
+            io,
+            in_format=in_format,
+            output_format=output_format,
+            input_path=input_path,
+            output_path=output_path,
+        )
+        if task_plan is not None:
+            log.info(
+                "%d rows in %d task(s); pyarrow reads and writes the Parquet files",
+                task_plan.rows,
+                len(task_plan.tasks),
+            )
+            written = _write_arrow(spark, spec, prefix, task_plan, staging)
+        else:
+            written = _write_spark(
+                spark, table, spec, prefix=prefix, output_format=output_format, staging=staging
+            )
+        if written.bad and fail_on_bad_rows:
             raise BadRowsError(
-                f"{bad} of {rows} rows could not be scored (--fail-on-bad-rows); "
-                f"first: {_first_error(spark, staging, output_format, prefix)}"
+                f"{written.bad} of {written.rows} rows could not be scored (--fail-on-bad-rows); "
+                f"first: {written.first_error()}"
             )
         if fs.exists(target):
             fs.delete(target, True)
@@ -127,16 +141,105 @@ def run(
         staging_path = _jpath(spark, staging)
         if fs.exists(staging_path):
             fs.delete(staging_path, True)
-    report = JobReport(output_path, rows, bad, partitions, time.perf_counter() - start)
+    report = JobReport(
+        output_path, written.rows, written.bad, written.tasks, time.perf_counter() - start
+    )
     log.info(
         "wrote %d rows (%d bad) to %s in %.1fs (%.0f rows/s)",
-        rows,
-        bad,
+        report.rows,
+        report.bad_rows,
         output_path,
         report.seconds,
         report.rows_per_second,
     )
     return report
+
+
+@dataclass(frozen=True)
+class Written:
+    rows: int
+    bad: int
+    tasks: int
+    first_error: Callable[[], str]
+    """The first bad row's message (read back only when asked)."""
+
+
+def _arrow_plan(
+    spark: SparkSession,
+    io: IO,
+    *,
+    in_format: Format,
+    output_format: Format,
+    input_path: str,
+    output_path: str,
+) -> arrow_files.Plan | None:
+    """The Arrow-file plan when that path can run the job (see `batch.arrow_files`)."""
+    if io == "spark":
+        return None
+    why_not: str | None = None
+    task_plan: arrow_files.Plan | None = None
+    if in_format != "parquet" or output_format != "parquet":
+        why_not = "CSV is read and written by Spark"
+    else:
+        why_not = arrow_files.unusable(spark, input_path, output_path)
+    if why_not is None:
+        try:
+            task_plan = arrow_files.plan(spark, input_path)
+        except arrow_files.UnreadableInput as e:
+            raise JobError(str(e)) from e
+        why_not = arrow_files.check_schema(spark, input_path, task_plan)
+    if why_not is None:
+        return task_plan
+    if io == "arrow":
+        raise JobError(f"--io arrow cannot run this job: {why_not}")
+    log.info("Spark reads and writes the files: %s", why_not)
+    return None
+
+
+def _write_arrow(
+    spark: SparkSession,
+    spec: ScoringSpec,
+    prefix: str,
+    task_plan: arrow_files.Plan,
+    staging: str,
+) -> Written:
+    results = arrow_files.score_files(spark, spec, prefix, task_plan, staging)
+    Path(arrow_files.local_path(spark, staging), "_SUCCESS").touch()
+    errors = [r.first_error for r in results if r.first_error is not None]
+    return Written(
+        sum(r.rows for r in results),
+        sum(r.bad for r in results),
+        len(results),
+        lambda: errors[0] if errors else "",
+    )
+
+
+def _write_spark(
+    spark: SparkSession,
+    table: DataFrame,
+    spec: ScoringSpec,
+    *,
+    prefix: str,
+    output_format: Format,
+    staging: str,
+) -> Written:
+    scored = scored_columns(table, spec, prefix)
+    partitions = table.rdd.getNumPartitions()
+    log.info("scoring through Spark SQL: %d partition(s)", partitions)
+    if output_format == "csv":  # CSV has no arrays: write them as JSON text
+        scored = scored.select(
+            *[
+                F.to_json(F.col(f"`{f.name}`")).alias(f.name)
+                if f.dataType.typeName() == "array"
+                else F.col(f"`{f.name}`")
+                for f in scored.schema.fields
+            ]
+        )
+    scored.write.format(output_format).option("header", "true").save(staging)
+    rows, bad = _count(spark, staging, output_format, f"{prefix}error")
+    return Written(
+        rows, bad, partitions, lambda: _first_error(spark, staging, output_format, prefix)
+    )
 
 
 def _count(spark: SparkSession, path: str, fmt: str, error_column: str) -> tuple[int, int]:

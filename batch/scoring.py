@@ -14,7 +14,6 @@ columns stay in the JVM. Output columns, with the default prefix `pred_`:
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.functions import arrow_udf
 
 import inference
-from batch.worker import ScoringSpec, score_batches
+from batch.worker import ScoringSpec, output_layout, score_batches
 
 STRUCT_COLUMN = "__bundle_outputs__"
 _arrow_udf = cast(Any, arrow_udf)  # pyspark's stubs miss the type-hinted form used here
@@ -50,23 +49,42 @@ def score_dataframe(
     features_column: str | None = None,
 ) -> DataFrame:
     """`df` with the model's outputs appended (see the module docstring for the columns)."""
-    bundle = inference.load(model, version=version)  # verified here, before any work starts
-    meta = bundle.metadata
+    spec = prepare(
+        df, model, version=version, prefix=prefix, outputs=outputs, features_column=features_column
+    )
+    return scored_columns(df, spec, prefix)
+
+
+def scored_columns(df: DataFrame, spec: ScoringSpec, prefix: str) -> DataFrame:
+    """`df` with the outputs of an already `prepare`d spec appended."""
+    udf = scoring_udf(spec, len(spec.input_columns))
+    scored = df.withColumn(STRUCT_COLUMN, udf(*[F.col(f"`{c}`") for c in spec.input_columns]))
+    return scored.select(
+        *[F.col(f"`{c}`") for c in df.columns],
+        *[col.alias(name) for name, col in output_columns(spec, prefix)],
+    )
+
+
+def prepare(
+    df: DataFrame,
+    model: str | Path,
+    *,
+    version: int | None,
+    prefix: str,
+    outputs: Sequence[str] | None,
+    features_column: str | None,
+) -> ScoringSpec:
+    """Verify the bundle and check that `df` can be scored: every refusal before any work."""
+    bundle = inference.load(model, version=version)
     spec = scoring_spec(df.sparkSession, bundle, outputs, features_column)
     _check_input(df, spec)
-    columns = output_columns(spec, prefix)
-    clash = sorted(set(df.columns) & {name for name, _ in columns})
+    clash = sorted(set(df.columns) & {column.name for column in output_layout(spec, prefix)})
     if clash:
         raise ScoringError(
             f"output column(s) {', '.join(clash)} already exist in the input; choose another "
             f"prefix (now {prefix!r})"
         )
-    inputs = [features_column] if features_column else list(meta.feature_names)
-    udf = scoring_udf(spec, len(inputs))
-    scored = df.withColumn(STRUCT_COLUMN, udf(*[F.col(f"`{c}`") for c in inputs]))
-    return scored.select(
-        *[F.col(f"`{c}`") for c in df.columns], *[col.alias(name) for name, col in columns]
-    )
+    return spec
 
 
 def scoring_udf(spec: ScoringSpec, arguments: int) -> Any:
@@ -86,22 +104,15 @@ def scoring_udf(spec: ScoringSpec, arguments: int) -> Any:
 
 def output_columns(spec: ScoringSpec, prefix: str) -> list[tuple[str, Column]]:
     struct = F.col(STRUCT_COLUMN)
-    columns: list[tuple[str, Column]] = []
-    for name, _ in spec.fields:
-        columns.append((f"{prefix}{name}", struct.getField(name)))
-        if name == "scores" and spec.classes is not None:
-            columns += [
-                (f"{prefix}score_{safe_name(label)}", struct.getField("scores")[i])
-                for i, label in enumerate(spec.classes)
-            ]
-        if name == "predictions" and spec.widths[spec.outputs.index(name)] == 1:
-            columns.append((f"{prefix}prediction", struct.getField("predictions")[0]))
-    return columns
-
-
-def safe_name(label: str) -> str:
-    """A class label as a column-name suffix (Parquet refuses ' ,;{}()=' and control chars)."""
-    return re.sub(r"[\s,;{}()=]+", "_", label).strip("_") or "class"
+    return [
+        (
+            column.name,
+            struct.getField(column.field)
+            if column.index is None
+            else struct.getField(column.field)[column.index],
+        )
+        for column in output_layout(spec, prefix)
+    ]
 
 
 def scoring_spec(

@@ -9,11 +9,13 @@ executors through `SparkContext.addFile`, not through the pickled closure.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import inference
 from batch import convert
@@ -40,6 +42,11 @@ class ScoringSpec:
     """Width of each 2-D output in `outputs` (0 for the 1-D class index)."""
 
     @property
+    def input_columns(self) -> list[str]:
+        """The columns the model reads: its features, or the one array column holding them."""
+        return [self.features_column] if self.features_column else list(self.feature_names)
+
+    @property
     def fields(self) -> list[tuple[str, str]]:
         """The struct the UDF returns: (name, Spark SQL type)."""
         fields = [
@@ -53,6 +60,46 @@ class ScoringSpec:
     @property
     def ddl(self) -> str:
         return ", ".join(f"`{name}` {kind}" for name, kind in self.fields)
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    """One output column: `field` of the scoring struct, or its element `index` when set."""
+
+    name: str
+    field: str
+    index: int | None = None
+
+
+def output_layout(spec: ScoringSpec, prefix: str) -> list[OutputColumn]:
+    """The output columns, in order: each struct field, each class score after `scores`, and
+    `prediction` after a one-wide `predictions`. The Spark and the Arrow-file paths both use it,
+    so they write the same columns."""
+    columns: list[OutputColumn] = []
+    for name, _ in spec.fields:
+        columns.append(OutputColumn(f"{prefix}{name}", name))
+        if name == "scores" and spec.classes is not None:
+            columns += [
+                OutputColumn(f"{prefix}score_{safe_name(label)}", "scores", i)
+                for i, label in enumerate(spec.classes)
+            ]
+        if name == "predictions" and spec.widths[spec.outputs.index(name)] == 1:
+            columns.append(OutputColumn(f"{prefix}prediction", "predictions", 0))
+    return columns
+
+
+def safe_name(label: str) -> str:
+    """A class label as a column-name suffix (Parquet refuses ' ,;{}()=' and control chars)."""
+    return re.sub(r"[\s,;{}()=]+", "_", label).strip("_") or "class"
+
+
+def flatten(struct: pa.StructArray, layout: list[OutputColumn]) -> list[pa.Array]:
+    """The struct `score_arrays` returns, as the layout's columns (Arrow's `output_columns`)."""
+    arrays: list[pa.Array] = []
+    for column in layout:
+        value = struct.field(column.field)
+        arrays.append(value if column.index is None else pc.list_element(value, column.index))
+    return arrays
 
 
 def model_for(spec: ScoringSpec) -> inference.Model:
@@ -119,8 +166,7 @@ def score_arrays(
             values = pa.array(np.ascontiguousarray(value, np.float32).ravel())
             columns.append(pa.ListArray.from_arrays(offsets, values, mask=mask))
     if spec.classes is not None and "class_index" in spec.outputs:
-        index = outputs["class_index"] if n else np.zeros(0, np.int64)
-        labels = np.asarray(spec.classes, dtype=object)[index]
-        columns.append(pa.array(labels, pa.string(), mask=bad))
+        index = pa.array(outputs["class_index"] if n else np.zeros(0, np.int64), mask=bad)
+        columns.append(pc.take(pa.array(spec.classes, pa.string()), index))  # null stays null
     columns.append(features.error_array())
     return pa.StructArray.from_arrays(columns, names=[name for name, _ in spec.fields])
