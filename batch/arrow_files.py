@@ -60,6 +60,12 @@ class TaskResult:
 class Plan:
     tasks: list[Task]
     rows: int
+    schemas: dict[str, pa.Schema]
+    """Each file's Arrow schema, from its footer."""
+
+    @property
+    def schema(self) -> pa.Schema:
+        return next(iter(self.schemas.values()))
 
 
 class UnreadableInput(ValueError):
@@ -97,8 +103,9 @@ def plan(spark: SparkSession, input_path: str) -> Plan:
     rows = sum(g[2] for g in groups)
     size = sum(g[3] for g in groups)
     batch_rows = max(1024, min(MAX_BATCH_ROWS, BATCH_BYTES * rows // size)) if size else 1024
+    schemas = {path: meta.schema.to_arrow_schema().remove_metadata() for path, meta in footers}
     if not groups:  # no rows at all: one task writes the empty result with its schema
-        return Plan([Task(0, ((str(files[0]), ()),), batch_rows)] if files else [], 0)
+        return Plan([Task(0, ((str(files[0]), ()),), batch_rows)] if files else [], 0, schemas)
     count = min(
         len(groups), max(spark.sparkContext.defaultParallelism, math.ceil(size / TASK_BYTES))
     )
@@ -112,19 +119,17 @@ def plan(spark: SparkSession, input_path: str) -> Plan:
             parts = tuple((p, tuple(i)) for p, i in pieces.items())
             tasks.append(Task(len(tasks), parts, batch_rows))
             pieces = {}
-    return Plan(tasks, rows)
+    return Plan(tasks, rows, schemas)
 
 
-def check_schema(spark: SparkSession, input_path: str, task_plan: Plan) -> str | None:
+def check_schema(input_path: str, task_plan: Plan) -> str | None:
     """Why the files' schema rules this path out (mixed schemas, types pyarrow would change)."""
-    schemas = {
-        pq.read_schema(path).remove_metadata()
-        for task in task_plan.tasks
-        for path, _ in task.pieces
-    }
+    schemas = set(task_plan.schemas.values())
+    if not schemas:
+        return f"{input_path} holds no files"
     if len(schemas) > 1:
         return f"the files of {input_path} differ in schema"
-    odd = [f"{f.name} ({f.type})" for schema in schemas for f in schema if not _plain(f.type)]
+    odd = [f"{f.name} ({f.type})" for f in task_plan.schema if not _plain(f.type)]
     if odd:
         return f"column type(s) {', '.join(odd)} are left to Spark's reader"
     return None

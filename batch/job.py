@@ -16,6 +16,7 @@ from typing import Literal
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from batch import arrow_files
 from batch.scoring import ScoringError, prepare, scored_columns
@@ -66,8 +67,6 @@ def input_format(path: str, given: str | None) -> Format:
 
 
 def read_table(spark: SparkSession, path: str, fmt: Format) -> DataFrame:
-    if not _filesystem(spark, path).exists(_jpath(spark, path)):
-        raise JobError(f"input {path} does not exist")
     if fmt == "csv":
         return spark.read.csv(path, header=True, inferSchema=True)
     return spark.read.parquet(path)
@@ -95,10 +94,25 @@ def run(
         raise JobError(f"output {output_path} exists; pass --mode overwrite to replace it")
     in_format = input_format(input_path, fmt)
     log.info("scoring %s with %s", input_path, model)
-    table = read_table(spark, input_path, in_format)
+    if not _filesystem(spark, input_path).exists(_jpath(spark, input_path)):
+        raise JobError(f"input {input_path} does not exist")
+    task_plan = _arrow_plan(
+        spark,
+        io,
+        in_format=in_format,
+        output_format=output_format,
+        input_path=input_path,
+        output_path=output_path,
+    )
+    if task_plan is None:
+        table = read_table(spark, input_path, in_format)
+        schema = table.schema
+    else:  # validated from the footers: Spark's reader is not needed at all
+        schema = from_arrow_schema(task_plan.schema)
     try:
         spec = prepare(
-            table,
+            spark,
+            schema,
             model,
             version=version,
             prefix=prefix,
@@ -109,25 +123,17 @@ def run(
         raise JobError(str(e)) from e
     staging = f"{output_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        task_plan = _arrow_plan(
-            spark,
-            io,
-            in_format=in_format,
-            output_format=output_format,
-            input_path=input_path,
-            output_path=output_path,
-        )
-        if task_plan is not None:
+        if task_plan is None:
+            written = _write_spark(
+                spark, table, spec, prefix=prefix, output_format=output_format, staging=staging
+            )
+        else:
             log.info(
                 "%d rows in %d task(s); pyarrow reads and writes the Parquet files",
                 task_plan.rows,
                 len(task_plan.tasks),
             )
             written = _write_arrow(spark, spec, prefix, task_plan, staging)
-        else:
-            written = _write_spark(
-                spark, table, spec, prefix=prefix, output_format=output_format, staging=staging
-            )
         if written.bad and fail_on_bad_rows:
             raise BadRowsError(
                 f"{written.bad} of {written.rows} rows could not be scored (--fail-on-bad-rows); "
@@ -187,7 +193,7 @@ def _arrow_plan(
             task_plan = arrow_files.plan(spark, input_path)
         except arrow_files.UnreadableInput as e:
             raise JobError(str(e)) from e
-        why_not = arrow_files.check_schema(spark, input_path, task_plan)
+        why_not = arrow_files.check_schema(input_path, task_plan)
     if why_not is None:
         return task_plan
     if io == "arrow":

@@ -50,7 +50,13 @@ def score_dataframe(
 ) -> DataFrame:
     """`df` with the model's outputs appended (see the module docstring for the columns)."""
     spec = prepare(
-        df, model, version=version, prefix=prefix, outputs=outputs, features_column=features_column
+        df.sparkSession,
+        df.schema,
+        model,
+        version=version,
+        prefix=prefix,
+        outputs=outputs,
+        features_column=features_column,
     )
     return scored_columns(df, spec, prefix)
 
@@ -66,7 +72,8 @@ def scored_columns(df: DataFrame, spec: ScoringSpec, prefix: str) -> DataFrame:
 
 
 def prepare(
-    df: DataFrame,
+    spark: SparkSession,
+    schema: T.StructType,
     model: str | Path,
     *,
     version: int | None,
@@ -74,11 +81,13 @@ def prepare(
     outputs: Sequence[str] | None,
     features_column: str | None,
 ) -> ScoringSpec:
-    """Verify the bundle and check that `df` can be scored: every refusal before any work."""
+    """Verify the bundle and check that a table of this schema can be scored: every refusal
+    before any work."""
     bundle = inference.load(model, version=version)
-    spec = scoring_spec(df.sparkSession, bundle, outputs, features_column)
-    _check_input(df, spec)
-    clash = sorted(set(df.columns) & {column.name for column in output_layout(spec, prefix)})
+    spec = scoring_spec(spark, bundle, outputs, features_column)
+    _check_input(schema, spec)
+    names = set(schema.fieldNames())
+    clash = sorted(names & {column.name for column in output_layout(spec, prefix)})
     if clash:
         raise ScoringError(
             f"output column(s) {', '.join(clash)} already exist in the input; choose another "
@@ -152,14 +161,14 @@ def ship(spark: SparkSession, bundle_dir: Path, sha256: str) -> str:
     return _SHIPPED[key]
 
 
-def _check_input(df: DataFrame, spec: ScoringSpec) -> None:
-    types = {f.name: f.dataType for f in df.schema.fields}
+def _check_input(schema: T.StructType, spec: ScoringSpec) -> None:
+    types = {f.name: f.dataType for f in schema.fields}
+    columns = ", ".join(schema.fieldNames())
     if spec.features_column is not None:
         kind = types.get(spec.features_column)
         if kind is None:
             raise ScoringError(
-                f"features column {spec.features_column!r} is not in the input; "
-                f"columns: {', '.join(df.columns)}"
+                f"features column {spec.features_column!r} is not in the input; columns: {columns}"
             )
         if not (isinstance(kind, T.ArrayType) and _numeric(kind.elementType)):
             raise ScoringError(
@@ -171,7 +180,7 @@ def _check_input(df: DataFrame, spec: ScoringSpec) -> None:
     if missing:
         raise ScoringError(
             f"feature column(s) {', '.join(map(repr, missing))} are not in the input; the model "
-            f"expects {', '.join(spec.feature_names)}; input columns: {', '.join(df.columns)}"
+            f"expects {', '.join(spec.feature_names)}; input columns: {columns}"
         )
     unusable = [
         f"{f} ({types[f].simpleString()})"

@@ -4,7 +4,10 @@
 
 On the same Parquet data, in one run, with Spark `local[2]` (one warm session):
 - the floor: one process, pyarrow read → onnxruntime in large batches (1 thread) → Parquet;
-- our job (`score_dataframe` → Parquet), cold (the first job to start Python workers) and warm;
+- our job (`batch.job.run`, what `python -m batch score` runs: here pyarrow reads and writes the
+  files inside Spark's tasks), cold (the first job to start Python workers) and warm;
+- our DataFrame path (`score_dataframe` → Spark's Parquet writer: what the Transformer, the SQL
+  function and `--io spark` use);
 - `pyspark.ml.functions.predict_batch_udf` with the same onnxruntime session;
 - a row-at-a-time Python UDF (Arrow-batched by Spark 4, one row per `session.run`).
 Models: `side_effects` (1 feature) and a wide 256 → 1024 → 1024 → 10 model, its features as 256
@@ -32,7 +35,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import inference
-from batch import score_dataframe
+from batch import job, score_dataframe
 from batch.session import spark_session
 from bench.common import ROOT, machine, write_section
 from bench.models import WIDE_FEATURES, make_wide_bundle
@@ -102,6 +105,15 @@ def spark_runners(spark, bundle: Path, features_column: str | None) -> dict[str,
     names = meta.feature_names
 
     def ours(source: str, out: str) -> None:
+        job.run(
+            spark,
+            model=str(bundle),
+            input_path=source,
+            output_path=out,
+            features_column=features_column,
+        )
+
+    def ours_through_spark_sql(source: str, out: str) -> None:
         score_dataframe(
             spark.read.parquet(source), bundle, features_column=features_column
         ).write.parquet(out)
@@ -142,6 +154,7 @@ def spark_runners(spark, bundle: Path, features_column: str | None) -> dict[str,
 
     return {
         "our job": ours,
+        "our DataFrame path": ours_through_spark_sql,
         "predict_batch_udf": with_predict_batch_udf,
         "row-at-a-time UDF": row_at_a_time,
     }

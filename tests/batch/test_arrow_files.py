@@ -16,7 +16,6 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql import SparkSession
 
 import inference
-from batch import arrow_files
 from batch.job import BadRowsError, JobError, JobReport, run
 from tests.conftest import MODELS
 
@@ -183,15 +182,9 @@ def test_files_with_other_schemas_go_through_spark(spark: SparkSession, tmp_path
 def test_a_file_that_is_not_parquet_is_named(spark: SparkSession, tmp_path: Path):
     source = patients(tmp_path / "in", files=1)
     (source / "notes.parquet").write_text("not parquet")
-    with pytest.raises(Py4JJavaError) as caught:  # the CLI prints it as one line, exit 1
+    with pytest.raises(JobError, match=r"notes\.parquet is not a readable Parquet file"):
         score(spark, source, tmp_path / "o", "auto")
+    with pytest.raises(Py4JJavaError) as caught:  # Spark's reader: the CLI prints it on one line
+        score(spark, source, tmp_path / "o", "spark")
     assert "notes.parquet. Could not read footer" in str(caught.value.java_exception)
     assert not list(tmp_path.glob("*.tmp-*"))
-
-
-def test_the_plan_names_an_unreadable_file(spark: SparkSession, tmp_path: Path):
-    """Spark's reader names it first in the job; the plan checks again for files that changed."""
-    source = patients(tmp_path / "in", files=1)
-    (source / "late.parquet").write_text("not parquet")
-    with pytest.raises(arrow_files.UnreadableInput, match=r"late\.parquet is not a readable"):
-        arrow_files.plan(spark, str(source))
