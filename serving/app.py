@@ -14,14 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
-from starlette.types import ASGIApp
 
 import inference
 from serving import schemas
 from serving.batching import BatchingConfig
 from serving.dataplane import DataPlane
 from serving.errors import install_handlers
-from serving.hot_path import ServingApp, serve
+from serving.hot_path import HotStack, ServingApp
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from serving.protocol import health, repository_api, v1, v2
@@ -85,14 +84,12 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     # The same protection and metrics, in the same order, in front of FastAPI's routes and of
     # the hot routes that bypass FastAPI (see serving/hot_path.py).
-    hot: ASGIApp = serve
-    if settings.api_key is not None:
-        key = settings.api_key.get_secret_value()
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    if key is not None:
         app.add_middleware(ApiKeyMiddleware, key=key)
-        hot = ApiKeyMiddleware(hot, key=key)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.hot_stack = MetricsMiddleware(BodyLimitMiddleware(hot, settings.max_body_bytes), metrics)
+    app.hot_stack = HotStack(metrics, settings.max_body_bytes, key)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import PayloadTooLarge, error_response
@@ -27,9 +28,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await error_response(413, self._message(int(declared)))(scope, receive, send)
+        declared = declared_too_large(scope, self.limit)
+        if declared is not None:
+            await error_response(413, declared)(scope, receive, send)
             return
         received = 0
 
@@ -38,13 +39,22 @@ class BodyLimitMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise PayloadTooLarge(self._message(received))
+                raise PayloadTooLarge(too_large(received, self.limit))
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _message(self, size: int) -> str:
-        return f"the request body ({size} bytes or more) exceeds the limit of {self.limit} bytes"
+
+def declared_too_large(scope: Scope, limit: int) -> str | None:
+    """The 413 message when the request declares a Content-Length over `limit`."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return too_large(int(declared), limit)
+    return None
+
+
+def too_large(size: int, limit: int) -> str:
+    return f"the request body ({size} bytes or more) exceeds the limit of {limit} bytes"
 
 
 class ApiKeyMiddleware:
@@ -55,21 +65,23 @@ class ApiKeyMiddleware:
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or key_allowed(scope, self.key):
             await self.app(scope, receive, send)
             return
-        message = (
-            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        )
-        response = error_response(401, message, {"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
+        await unauthorized()(scope, receive, send)
 
-    def _allowed(self, scope: Scope) -> bool:
-        offered = header(scope, b"x-api-key")
-        authorization = header(scope, b"authorization") or b""
-        if offered is None and authorization[:7].lower() == b"bearer ":
-            offered = authorization[7:].strip()
-        return offered is not None and hmac.compare_digest(offered, self.key)
+
+def key_allowed(scope: Scope, key: bytes) -> bool:
+    offered = header(scope, b"x-api-key")
+    authorization = header(scope, b"authorization") or b""
+    if offered is None and authorization[:7].lower() == b"bearer ":
+        offered = authorization[7:].strip()
+    return offered is not None and hmac.compare_digest(offered, key)
+
+
+def unauthorized() -> JSONResponse:
+    message = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+    return error_response(401, message, {"WWW-Authenticate": "Bearer"})
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
