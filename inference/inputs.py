@@ -7,6 +7,7 @@ message per bad row instead of one error per batch, in `batch/convert.py`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,7 +74,7 @@ def check_rows(matrix: np.ndarray, signature: InputInfo) -> None:
     """Refuse an empty batch, and NaN or infinity unless the model accepts them."""
     if matrix.shape[0] == 0:
         raise InvalidInputError("the batch is empty: send at least one row")
-    if signature.accepts_non_finite or np.isfinite(matrix.sum(dtype=np.float64)):
+    if signature.accepts_non_finite or math.isfinite(_total(matrix)):
         return  # one pass: NaN and infinity propagate to a float64 sum, which cannot overflow
     bad = invalid_rows(matrix)
     if bad.any():
@@ -84,6 +85,14 @@ def check_rows(matrix: np.ndarray, signature: InputInfo) -> None:
             f"or not a finite number ({int(bad.sum())} such row(s)); this model does not accept "
             "null, NaN or infinity"
         )
+
+
+def _total(matrix: np.ndarray) -> float:
+    """The sum of all values in float64; a few values are summed in Python, where numpy's call
+    costs more than the sum (a request of one row is the common case)."""
+    if matrix.size <= 64:
+        return float(sum(matrix.ravel().tolist()))
+    return float(np.add.reduce(matrix, axis=None, dtype=np.float64))
 
 
 def invalid_rows(matrix: np.ndarray) -> np.ndarray:

@@ -74,6 +74,8 @@ class Model:
         self.input_name = metadata.input.name
         self.latency: Latency | None = None
         """Measured by `warm_up`; None before."""
+        self._default_outputs = metadata.default_outputs
+        self._known_outputs = [o.name for o in metadata.outputs]
 
     @classmethod
     def load(
@@ -118,18 +120,21 @@ class Model:
 
     def run(self, matrix: np.ndarray, outputs: Sequence[str] | None = None) -> Prediction:
         """Run an already validated float32 matrix; `outputs` defaults to the non-layer ones."""
-        names = list(outputs) if outputs is not None else self.metadata.default_outputs
+        names = self._default_outputs if outputs is None else self._checked(outputs)
+        values = self.session.run(names, {self.input_name: matrix})
+        return Prediction(dict(zip(names, values, strict=True)), self.metadata)
+
+    def _checked(self, outputs: Sequence[str]) -> list[str]:
+        names = list(outputs)
         if not names or len(set(names)) != len(names):
             raise InvalidInputError(f"ask for one or more distinct outputs, got {names}")
-        known = [o.name for o in self.metadata.outputs]
-        unknown = [n for n in names if n not in known]
+        unknown = [n for n in names if n not in self._known_outputs]
         if unknown:
             raise InvalidInputError(
                 f"unknown output(s) {', '.join(map(repr, unknown))}; this model has: "
-                f"{', '.join(known)}"
+                f"{', '.join(self._known_outputs)}"
             )
-        values = self.session.run(names, {self.input_name: matrix})
-        return Prediction(dict(zip(names, values, strict=True)), self.metadata)
+        return names
 
     def warm_up(self, probe_rows: int = 256) -> Latency:
         """Run dummy batches so the first real request pays no lazy initialisation, and measure

@@ -15,6 +15,7 @@ Which versions are served comes from the optional `serving:` section of the mode
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -76,16 +77,19 @@ class VersionState:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A model's versions as loaded; a reload builds a new entry, so nothing here changes and
+    the ready versions are computed once (they are read on every request)."""
+
     name: str
     versions: dict[int, VersionState] = field(default_factory=dict)
     reason: str = ""
     """Why the model as a whole is unavailable (bad serving section, no bundle, unloaded)."""
 
-    @property
+    @functools.cached_property
     def ready_versions(self) -> list[int]:
         return sorted(v for v, s in self.versions.items() if s.state == "READY")
 
-    @property
+    @functools.cached_property
     def default_version(self) -> int | None:
         ready = self.ready_versions
         return ready[-1] if ready else None

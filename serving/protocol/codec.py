@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 from pydantic import ValidationError
+from starlette.responses import Response
 
 from inference.errors import describe_problems
 from inference.metadata import BundleMetadata
@@ -27,6 +28,7 @@ from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from serving.schemas import InferenceRequest, RequestInput
 
 HEADER_LENGTH = "inference-header-content-length"
+JSON_HEADERS = {"content-type": "application/json"}
 DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(code).newbyteorder("<")
     for name, code in {
@@ -275,6 +277,20 @@ def encode_response(
         document["id"] = request.id
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
-        return header, {"content-type": "application/json"}
+        return header, JSON_HEADERS
     headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
     return header + b"".join(blobs), headers
+
+
+class EncodedResponse(Response):
+    """Encoded bytes and their headers, as a Starlette response without its generic header
+    handling: building a `Response` cost ~5 µs of a ~75 µs hot request, more than the JSON."""
+
+    def __init__(self, body: bytes, headers: Mapping[str, str]):
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 import inference
 from serving.metrics import note_model
 from serving.protocol import ERRORS, dataplane, document_body
-from serving.protocol.codec import decode_request, encode_response, split_body
+from serving.protocol.codec import EncodedResponse, decode_request, encode_response, split_body
 from serving.schemas import InferenceResponse, ModelMetadata, ModelReadyResponse, ServerMetadata
 
 router = APIRouter(tags=["Open Inference Protocol v2"], responses=ERRORS)
@@ -75,7 +75,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     decoded = decode_request(body, model.metadata)
     outputs = await plane.infer(model, decoded.inputs[model.input_name], decoded.outputs)
     content, headers = encode_response(outputs, model.metadata, decoded)
-    return Response(content, headers=headers)
+    return EncodedResponse(content, headers)
 
 
 INFER_DOC = document_body("InferenceRequest", "application/json", "application/octet-stream")
