@@ -199,7 +199,7 @@ def table(results: dict[tuple[str, int], Measurement], concurrencies: list[int])
 
 NO_SPIN = {"SERVING_ALLOW_SPINNING": "false"}
 THREAD_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "1 process, 2 threads, spinning": ([], {}),
+    "1 process, 2 threads, spinning": ([], {"SERVING_ALLOW_SPINNING": "true"}),
     "1 process, 2 threads, no spinning": ([], NO_SPIN),
     "1 process, 1 thread, no spinning": (["--intra-op-threads", "1"], NO_SPIN),
     "2 processes, 1 thread each, no spinning": (
@@ -264,7 +264,7 @@ def main() -> None:
     text = f"""## Serving (HTTP)
 
 `{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}.
-One uvicorn worker per server (default settings: onnxruntime threads = CPUs, spinning on),
+One uvicorn worker per server (default settings: onnxruntime threads = CPUs, no spinning),
 wrk with one thread and one row per request; medians of {args.repeats} interleaved runs of
 {args.duration:g} s. "batched": `--max-batch-size 64 --max-delay-us 0` unless stated.
 The wide model is 256 → 1024 → 1024 → 10 (softmax), random weights; its binary requests carry
