@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -57,19 +58,37 @@ class CounterChild:
         return self._value
 
 
-class _Family(Collector):
+Child = TypeVar("Child")
+
+
+class _Family(Collector, Generic[Child]):
+    """A metric's children by label values, made on first use, exported by `collect`."""
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]):
         self.name = name
         self.documentation = documentation
         self.labelnames = list(labelnames)
+        self._children: dict[tuple[str, ...], Child] = {}
         self._lock = threading.Lock()
 
-    def _check(self, values: tuple[str, ...]) -> None:
+    def labels(self, *values: str) -> Child:
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        with self._lock:
+            child = self._children.get(values)
+            if child is None:
+                child = self._children[values] = self._new_child()
+        return child
+
+    def _new_child(self) -> Child:
+        raise NotImplementedError
+
+    def _items(self) -> list[tuple[tuple[str, ...], Child]]:
+        with self._lock:
+            return list(self._children.items())
 
 
-class Histogram(_Family):
+class Histogram(_Family[HistogramChild]):
     def __init__(
         self,
         name: str,
@@ -80,22 +99,14 @@ class Histogram(_Family):
     ):
         super().__init__(name, documentation, labelnames)
         self.bounds = sorted(float(b) for b in buckets)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> HistogramChild:
-        self._check(values)
-        with self._lock:
-            child = self._children.get(values)
-            if child is None:
-                child = self._children[values] = HistogramChild(self.bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        with self._lock:
-            children = list(self._children.items())
-        for values, child in children:
+        for values, child in self._items():
             counts, total = child.snapshot()
             cumulative, buckets = 0, []
             for bound, count in zip([*self.bounds, float("inf")], counts, strict=True):
@@ -105,7 +116,7 @@ class Histogram(_Family):
         yield family
 
 
-class Counter(_Family):
+class Counter(_Family[CounterChild]):
     def __init__(
         self,
         name: str,
@@ -114,22 +125,14 @@ class Counter(_Family):
         registry: CollectorRegistry,
     ):
         super().__init__(name, documentation, labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> CounterChild:
-        self._check(values)
-        with self._lock:
-            child = self._children.get(values)
-            if child is None:
-                child = self._children[values] = CounterChild()
-        return child
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        with self._lock:
-            children = list(self._children.items())
-        for values, child in children:
+        for values, child in self._items():
             family.add_metric(list(values), child.value)
         yield family
 
