@@ -90,12 +90,9 @@ def run(
 ) -> JobReport:
     start = time.perf_counter()
     fs, target = _filesystem(spark, output_path), _jpath(spark, output_path)
-    if fs.exists(target) and mode == "error":
-        raise JobError(f"output {output_path} exists; pass --mode overwrite to replace it")
     in_format = input_format(input_path, fmt)
+    _check_paths(spark, input_path, output_path, mode)
     log.info("scoring %s with %s", input_path, model)
-    if not _filesystem(spark, input_path).exists(_jpath(spark, input_path)):
-        raise JobError(f"input {input_path} does not exist")
     task_plan = _arrow_plan(
         spark,
         io,
@@ -261,6 +258,24 @@ def _first_error(spark: SparkSession, path: str, fmt: str, prefix: str) -> str:
     written = spark.read.format(fmt).option("header", "true").load(path)
     row = written.where(F.col(f"{prefix}error").isNotNull()).select(f"{prefix}error").first()
     return str(row[0]) if row else ""
+
+
+def _check_paths(spark: SparkSession, input_path: str, output_path: str, mode: str) -> None:
+    """Refuse, before any work: an output that exists (unless overwriting), a missing input, and
+    an output that is the input, holds it or lies inside it (overwriting would delete it)."""
+    out_fs, out = _filesystem(spark, output_path), _jpath(spark, output_path)
+    in_fs, source = _filesystem(spark, input_path), _jpath(spark, input_path)
+    if out_fs.exists(out) and mode == "error":
+        raise JobError(f"output {output_path} exists; pass --mode overwrite to replace it")
+    if not in_fs.exists(source):
+        raise JobError(f"input {input_path} does not exist")
+    a = str(out_fs.makeQualified(out)).rstrip("/")
+    b = str(in_fs.makeQualified(source)).rstrip("/")
+    if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+        raise JobError(
+            f"the output {output_path} is, holds or is inside the input {input_path}; "
+            "write the scores somewhere else"
+        )
 
 
 def _jpath(spark: SparkSession, path: str):  # type: ignore[no-untyped-def]

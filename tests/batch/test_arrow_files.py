@@ -188,3 +188,12 @@ def test_a_file_that_is_not_parquet_is_named(spark: SparkSession, tmp_path: Path
         score(spark, source, tmp_path / "o", "spark")
     assert "notes.parquet. Could not read footer" in str(caught.value.java_exception)
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+@pytest.mark.parametrize("io", ["arrow", "spark"])
+def test_the_output_may_not_overwrite_the_input(spark: SparkSession, tmp_path: Path, io: str):
+    source = patients(tmp_path / "in", files=1)
+    for out in (source, source / "scored", tmp_path):
+        with pytest.raises(JobError, match="write the scores somewhere else"):
+            score(spark, source, out, io, mode="overwrite")
+    assert len(pq.read_table(source)) == 1500
