@@ -30,7 +30,9 @@ from pydantic import ValidationError
 
 from training import data as datasets
 from training import leaderboard
-from training.spec import Distribution, SearchSpec, Spec, SpecError, describe, load_spec
+from training.search_spec import Distribution, SearchSpec
+from training.sections import describe
+from training.spec import Spec, SpecError, load_spec
 from training.train import TrainResult, export, prepare_spec, rebuild
 from training.trials import Trial, TrialJob, TrialResult, run_in_processes, run_on_spark
 
