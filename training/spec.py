@@ -305,7 +305,8 @@ def load_spec(path: str | Path) -> tuple[Spec, Path]:
     """Parse and validate a spec; returns it with the spec file's path."""
     file = find_spec_file(path)
     try:
-        raw = yaml.safe_load(file.read_text())
+        with file.open() as stream:  # a stream: the file's name is in YAML's messages
+            raw = yaml.load(stream, Loader=_UniqueKeys)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError(f"{file}: not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(raw, dict):
@@ -314,6 +315,22 @@ def load_spec(path: str | Path) -> tuple[Spec, Path]:
         return Spec.model_validate(raw), file
     except ValidationError as e:
         raise SpecError(f"{file}: {describe(e)}") from e
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last silently: a search space or a layer setting would vanish unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def spec_sha256(file: Path) -> str:

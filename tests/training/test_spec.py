@@ -143,6 +143,18 @@ def test_invalid_yaml_is_one_line(tmp_path: Path):
     assert "\n" not in str(error.value)
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_wins(make_spec: SpecWriter):
+    folder = make_spec()
+    with (folder / "model.yaml").open("a") as f:
+        f.write("search:\n  space:\n    fit.batch_size: [8]\n    fit.batch_size: [16]\n")
+    line = len((folder / "model.yaml").read_text().splitlines())
+    with pytest.raises(
+        SpecError, match=r"not valid YAML: key 'fit\.batch_size' given twice in "
+    ) as e:
+        load_spec(folder)
+    assert str(e.value).endswith(f'"{folder / "model.yaml"}", line {line}, column 5')
+
+
 def test_a_folder_without_a_spec(tmp_path: Path):
     with pytest.raises(SpecError, match=r"no such spec file"):
         load_spec(tmp_path)
