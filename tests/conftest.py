@@ -4,7 +4,9 @@ real Spark session (`local[2]`) for the batch and training tests."""
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,11 +86,20 @@ def copied_bundle(iris_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator[SparkSession]:
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """One real Spark session (`local[2]`) for the whole test session; pyspark is imported only
     by the tests that use it."""
+    from pyspark import SparkConf, SparkContext
+
     from batch.session import spark_session
 
+    # Spark's catalog creates its warehouse, ./spark-warehouse by default, on first use: here
+    # that would be the source tree. It is a static setting, so the context gets it before the
+    # session is built on that context.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read when the context starts
+    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    conf = SparkConf().setMaster("local[2]").setAppName("tests")
+    SparkContext.getOrCreate(conf.set("spark.sql.warehouse.dir", str(warehouse)))
     session = spark_session("local[2]", app_name="tests")
     session.conf.set("spark.sql.shuffle.partitions", "4")
     yield session

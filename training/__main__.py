@@ -22,7 +22,7 @@ from inference import InferenceError, list_versions
 from training.distributed import DistributedError, train_distributed
 from training.export import ExportError
 from training.search import SearchError, search
-from training.spark import SparkUnavailable
+from training.spark import SparkUnavailable, check_master
 from training.spec import SPEC_FILE, SpecError
 from training.train import TrainResult, train
 
@@ -87,6 +87,13 @@ def check_options(args: argparse.Namespace) -> None:
         raise SpecError("--parallelism is for --search")
     if args.master is not None and not args.spark:
         raise SpecError("--master is for --spark")
+    if args.verbose is not None and args.search:
+        raise SpecError("--verbose is not for --search: trials train silently, one line each")
+    if args.master is not None:
+        try:
+            check_master(args.master)
+        except ValueError as e:
+            raise SpecError(str(e)) from e
 
 
 def model_folders(path: Path) -> list[Path]:
@@ -115,7 +122,8 @@ def train_one(folder: Path, args: argparse.Namespace, spark: SparkSession | None
     return train(folder, epochs=args.epochs, verbose=args.verbose)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, progress: list[Path]) -> None:
+    """Train every model the paths name; `progress` gets each folder as its training starts."""
     check_options(args)
     folders = [f for p in args.paths for f in model_folders(p)]
     spark = None
@@ -124,6 +132,7 @@ def run(args: argparse.Namespace) -> None:
         if args.if_missing and list_versions(model_dir):
             print(f"{model_dir}: bundle exists (version {list_versions(model_dir)[-1]})")
             continue
+        progress.append(model_dir)
         if args.spark and spark is None:
             from training.spark import spark_session
 
@@ -135,8 +144,9 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started: list[Path] = []
     try:
-        run(args)
+        run(args, started)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -147,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; no bundle was written", file=sys.stderr)
+        detail = "; no bundle was written"
+        if started:  # earlier models of the run may have theirs
+            detail = f" while training {started[-1]}{detail} for it"
+        print(f"error: interrupted{detail}", file=sys.stderr)
         return 130
     return 0
 

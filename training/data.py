@@ -114,23 +114,26 @@ def _read_with_spark(
     kind: str, rest: str, base_dir: Path, spec_file: Path, spark: SparkSession | None
 ) -> Columns:
     """A catalog table (`spark:`) or Parquet (`parquet:`), read by Spark, collected as Arrow."""
-    from pyspark.errors import AnalysisException
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import AnalysisException, PySparkException
 
-    from training.spark import active_session
+    from training.spark import active_session, error_line
 
+    local = base_dir / rest if "://" not in rest else None
+    if kind == "parquet" and local is not None and not local.exists():
+        raise SpecError(f"{spec_file}: data.source: {rest} not found (looked in {base_dir})")
     session = spark or active_session()
     try:
         if kind == "spark":
             frame = session.table(rest)
         else:
-            local = "://" not in rest and not rest.startswith("/")
-            frame = session.read.parquet(str((base_dir / rest).resolve()) if local else rest)
+            frame = session.read.parquet(str(local.resolve()) if local is not None else rest)
         return _columns(frame.toArrow())
-    except AnalysisException as e:
-        what = f"no table or view {rest!r} in the Spark catalog" if kind == "spark" else ""
-        reason = what or f"Spark cannot read {rest} as parquet"
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpecError(f"{spec_file}: data.source: {reason} ({first_line})") from e
+    except (PySparkException, Py4JJavaError) as e:  # a missing table, an unreadable file
+        missing_table = kind == "spark" and isinstance(e, AnalysisException)
+        what = f"no table or view {rest!r} in the Spark catalog" if missing_table else ""
+        reason = what or f"Spark cannot read {rest} as {'a table' if kind == 'spark' else kind}"
+        raise SpecError(f"{spec_file}: data.source: {reason} ({error_line(e)})") from e
 
 
 def _columns(table: Any) -> Columns:

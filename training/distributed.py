@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from training.fit import History, Shard
-from training.spark import spark_session, task_slots
+from training.spark import TaggedJobs, spark_session, task_slots, worker_error
 from training.spec import SpecError
 from training.train import Fitted, Run, TrainResult, export, fit, prepare, rebuild, weights
 
@@ -96,21 +97,32 @@ def train_distributed(
 def fit_distributed(run: Run, spark: SparkSession, num_processes: int) -> Fitted:
     """Fit `run` with `num_processes` DDP ranks as Spark barrier tasks; rank 0's model back."""
     check_processes(num_processes, spark, run)
-    try:
-        from pyspark.ml.torch.distributor import TorchDistributor
-
-        distributor = TorchDistributor(
-            num_processes=num_processes, local_mode=False, use_gpu=_spark_gives_gpus(spark)
-        )
-        output = distributor.run(_rank, run)
-    except Exception as e:  # Py4J and pyspark wrap the workers' errors in several types
-        raise DistributedError(_last_line(e)) from e
+    spark_jobs = TaggedJobs(spark)
+    with ThreadPoolExecutor(max_workers=1) as launcher:  # see TaggedJobs: a clean Ctrl-C
+        future = launcher.submit(spark_jobs.tagged(_launch), spark, run, num_processes)
+        try:
+            output = future.result()
+        except Exception as e:  # Py4J and pyspark wrap the workers' errors in several types
+            raise DistributedError(worker_error(e)) from e
+        except BaseException:  # Ctrl-C: stop the ranks before the error goes on
+            spark_jobs.cancel()
+            raise
     if output is None:
         raise DistributedError("the workers returned nothing (rank 0 did not finish)")
     if isinstance(output, RankFailed):
         raise DistributedError(f"rank {output.rank}: {output.error}")
     state, history = output
     return rebuild(run, state, history)
+
+
+def _launch(spark: SparkSession, run: Run, num_processes: int) -> Any:
+    """TorchDistributor's barrier job: one torchrun per Spark task, each calling `_rank`."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    distributor = TorchDistributor(
+        num_processes=num_processes, local_mode=False, use_gpu=_spark_gives_gpus(spark)
+    )
+    return distributor.run(_rank, run)
 
 
 def check_processes(num_processes: int, spark: SparkSession, run: Run) -> None:
@@ -161,14 +173,3 @@ def _spark_gives_gpus(spark: SparkSession) -> bool:
     """GPUs for the tasks only when Spark is configured to hand them out."""
     amount = spark.sparkContext.getConf().get("spark.task.resource.gpu.amount", "0")
     return float(amount or 0) > 0
-
-
-def _last_line(error: Any) -> str:
-    """The useful line of a worker's error (Python's last traceback line), not the JVM dump."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    python_errors = [
-        line
-        for line in lines
-        if ": " in line and line.split(":")[0].endswith(("Error", "Exception"))
-    ]
-    return (python_errors or lines or [type(error).__name__])[-1][:500]

@@ -28,7 +28,8 @@ def rank(results: Sequence[TrialResult], metric: str, maximize: bool) -> list[Tr
 
 
 def rows(ranked: Sequence[TrialResult], space: Sequence[str]) -> list[Row]:
-    metric_names = next((list(r.metrics) for r in ranked if r.ok), [])
+    # Every metric any trial logged (the space may vary compile.metrics): none is left out.
+    metric_names = list(dict.fromkeys(name for r in ranked for name in r.metrics))
     table = []
     for position, result in enumerate(ranked, start=1):
         row: Row = {

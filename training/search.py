@@ -30,7 +30,9 @@ from pydantic import ValidationError
 
 from training import data as datasets
 from training import leaderboard
-from training.spec import Distribution, SearchSpec, Spec, SpecError, describe, load_spec
+from training.search_spec import Distribution, SearchSpec
+from training.sections import describe
+from training.spec import Spec, SpecError, load_spec
 from training.train import TrainResult, export, prepare_spec, rebuild
 from training.trials import Trial, TrialJob, TrialResult, run_in_processes, run_on_spark
 
@@ -83,7 +85,7 @@ def search(
     if spark is not None:
         run_on_spark(jobs, spark, width, done)
     else:
-        run_in_processes(jobs, width, done)
+        run_in_processes(jobs, width, done, say=lambda text: _say(stream, text))
     ranked = leaderboard.rank(results, config.metric, config.maximize)
     table = leaderboard.rows(ranked, list(config.space))
     _say(stream, leaderboard.format_table(table))
@@ -102,18 +104,19 @@ def plan(spec: Spec, spec_file: Path, *, epochs: int | None = None) -> list[tupl
         base["fit"]["epochs"] = epochs  # the command line's value; the space may still vary it
     for path in config.space:
         _check_path(base, path, spec_file)
-    _check_metric(spec, config.metric, spec_file)
+    _check_metric(spec, config.metric, str(spec_file))
     trials = []
     for number, params in enumerate(_combinations(config), start=1):
         raw = copy.deepcopy(base)
         for path, value in params.items():
             _put(raw, path.split("."), value)
+        where = f"{spec_file}: search: trial {number} ({_params_text(params)})"
         try:
-            trials.append((Trial(number, params), Spec.model_validate(raw)))
+            trial_spec = Spec.model_validate(raw)
         except ValidationError as e:
-            raise SpecError(
-                f"{spec_file}: search: trial {number} ({_params_text(params)}): {describe(e)}"
-            ) from e
+            raise SpecError(f"{where}: {describe(e)}") from e
+        _check_metric(trial_spec, config.metric, where)  # the space may change what is logged
+        trials.append((Trial(number, params), trial_spec))
     return trials
 
 
@@ -175,12 +178,12 @@ def _no_such(node: Any, part: str, where: str) -> str:
     return f"{where} is {json.dumps(node)}, not a section with {part!r}"
 
 
-def _check_metric(spec: Spec, metric: str, spec_file: Path) -> None:
+def _check_metric(spec: Spec, metric: str, where: str) -> None:
     names = ["loss", *spec.compile.metrics]
     known = names + ([f"val_{n}" for n in names] if spec.validation_split > 0 else [])
     if metric not in known:
         raise SpecError(
-            f"{spec_file}: search.metric: {metric!r} is not logged; known: {', '.join(known)}"
+            f"{where}: search.metric: {metric!r} is not logged; known: {', '.join(known)}"
         )
 
 

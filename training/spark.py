@@ -9,21 +9,46 @@ pyspark is imported here lazily: plain `python -m training` never needs it.
 from __future__ import annotations
 
 import os
+import re
 import sys
-from typing import TYPE_CHECKING
+import threading
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 MISSING = "training on Spark needs pyspark: pip install 'onnx-bundle-serving[train,batch]'"
 
 
+MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,\s*[1-9]\d*)?\])?|local-cluster\[[\d, ]+\]|yarn|(spark|k8s)://\S+"
+)
+"""The master URLs Spark 4 accepts (Mesos is gone)."""
+
+
 class SparkUnavailable(Exception):
-    """pyspark is not installed."""
+    """Spark cannot start: pyspark is not installed, or the JVM or the master refused."""
+
+
+def check_master(master: str) -> None:
+    """A master Spark would refuse, refused before the JVM starts (which would print a Java
+    stack trace first)."""
+    if not MASTER.fullmatch(master):
+        raise ValueError(
+            "--master: expected local, local[N], local[*], yarn, spark://HOST:PORT or "
+            f"k8s://https://HOST:PORT; got {master!r}"
+        )
 
 
 def spark_session(master: str | None = None, app_name: str = "training") -> SparkSession:
     try:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import PySparkException
         from pyspark.sql import SparkSession
     except ImportError as e:
         raise SparkUnavailable(MISSING) from e
@@ -34,9 +59,31 @@ def spark_session(master: str | None = None, app_name: str = "training") -> Spar
     elif "PYSPARK_GATEWAY_PORT" not in os.environ:  # not under spark-submit
         builder = builder.master("local[*]")
     builder = builder.config("spark.ui.showConsoleProgress", "false")
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except (PySparkException, Py4JJavaError) as e:  # no Java, or the JVM refused the master
+        where = f" with master {master}" if master else ""
+        raise SparkUnavailable(f"Spark did not start{where}: {error_line(e)}") from e
     spark.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def error_line(error: Exception) -> str:
+    """The first line of a Spark error: the JVM's exception for a Py4J error, not the call."""
+    java = getattr(error, "java_exception", None)
+    text = str(java if java is not None else error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def worker_error(error: Exception) -> str:
+    """The useful line of a Spark task's error (Python's last traceback line), not the JVM dump."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    python_errors = [
+        line
+        for line in lines
+        if ": " in line and line.split(":")[0].endswith(("Error", "Exception"))
+    ]
+    return (python_errors or lines or [type(error).__name__])[-1][:500]
 
 
 def active_session() -> SparkSession:
@@ -55,3 +102,37 @@ def task_slots(spark: SparkSession) -> int | None:
     if master == "local" or master.startswith("local["):
         return int(spark.sparkContext.defaultParallelism)
     return None
+
+
+class TaggedJobs:
+    """Spark jobs that helper threads submit under one tag, so they can be cancelled together.
+
+    The driver's main thread submits no job itself: it waits on the helper threads. That keeps
+    Ctrl-C clean. pyspark's SIGINT handler cancels every job and raises KeyboardInterrupt, but
+    when the main thread is blocked in a JVM call of its own, the handler's call collides with
+    it and Py4J logs a burst of tracebacks. `cancel` also covers an exit by any other error, and
+    a session whose handler is not installed (created outside the main thread).
+    """
+
+    def __init__(self, spark: SparkSession):
+        self.context = spark.sparkContext
+        self.tag = f"training-{uuid.uuid4().hex}"
+        self.cancelled = threading.Event()
+
+    def tagged(self, work: Callable[P, T]) -> Callable[P, T]:
+        """`work`, run in a helper thread, with its Spark jobs under this tag."""
+
+        def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            if self.cancelled.is_set():
+                raise RuntimeError("cancelled before it started")
+            self.context.addJobTag(self.tag)  # a thread-local property of the jobs it submits
+            try:
+                return work(*args, **kwargs)
+            finally:
+                self.context.removeJobTag(self.tag)
+
+        return run
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.context.cancelJobsWithTag(self.tag)

@@ -3,12 +3,14 @@
 Every problem is reported as `<file>: <key.path>: <what was expected>`, so a typo in a layer
 name reads like `models/x/model.yaml: model.layers.1.activation: unknown activation 'rleu';
 known: elu, exponential, ...` instead of a traceback ten seconds into training.
+
+What every section shares (unknown keys refused, errors worded) is in `training.sections`; the
+`search:` section, used by `--search` only, is in `training.search_spec`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from training import activations, losses, metrics, optimizers
+from training.search_spec import SearchSpec
+from training.sections import Section, describe
 
 SPEC_FILE = "model.yaml"
 
@@ -25,25 +29,7 @@ class SpecError(Exception):
     """A spec (or the data it names) is wrong; the message says where and what was expected."""
 
 
-class _Section(BaseModel):
-    """A spec section: unknown keys are errors that list the allowed ones."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = {f.alias or name for name, f in cls.model_fields.items()}
-            unknown = sorted(str(k) for k in data if k not in allowed and k not in cls.model_fields)
-            if unknown:
-                raise ValueError(
-                    f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
-                )
-        return data
-
-
-class DataSpec(_Section):
+class DataSpec(Section):
     source: str
     """builtin:<name> | csv:<path> | parquet:<path> (relative to the spec file) | spark:<table>."""
     features: list[str] = Field(min_length=1)
@@ -71,7 +57,7 @@ class DataSpec(_Section):
         return value
 
 
-class PreprocessingSpec(_Section):
+class PreprocessingSpec(Section):
     scale: Literal["minmax", "standard", "none"] = "none"
 
 
@@ -80,7 +66,7 @@ def _activation(value: str) -> str:
     return value.lower()
 
 
-class _Layer(_Section):
+class _Layer(Section):
     name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     input_shape: list[int] | None = None
 
@@ -125,7 +111,7 @@ LayerSpec = Annotated[
 ]
 
 
-class NetworkSpec(_Section):
+class NetworkSpec(Section):
     input_shape: list[int] | None = None
     layers: list[LayerSpec] = Field(min_length=1)
 
@@ -193,10 +179,10 @@ class OptimizerSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-class CompileSpec(_Section):
+class CompileSpec(Section):
     optimizer: OptimizerSpec
     loss: str
-    metrics: list[str] = []
+    metrics: list[str] = Field(default_factory=list)
 
     @field_validator("loss")
     @classmethod
@@ -213,7 +199,7 @@ class CompileSpec(_Section):
         return value
 
 
-class EarlyStoppingSpec(_Section):
+class EarlyStoppingSpec(Section):
     monitor: str = "val_loss"
     patience: int = Field(default=0, ge=0)
     min_delta: float = Field(default=0.0, ge=0.0)
@@ -221,7 +207,7 @@ class EarlyStoppingSpec(_Section):
     restore_best_weights: bool = False
 
 
-class FitSpec(_Section):
+class FitSpec(Section):
     batch_size: int = Field(default=32, gt=0)
     epochs: int = Field(default=1, gt=0)
     shuffle: bool = True
@@ -231,89 +217,7 @@ class FitSpec(_Section):
     early_stopping: EarlyStoppingSpec | None = None
 
 
-class Distribution(_Section):
-    """A random search's draw for one key: exactly one of these."""
-
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
-    """Inclusive of both ends."""
-    choice: list[Any] | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _one(self) -> Distribution:
-        given = [k for k, v in self if v is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of uniform, loguniform, randint, choice")
-        low_high = self.uniform or self.loguniform or self.randint
-        if low_high is not None and not low_high[0] <= low_high[1]:
-            raise ValueError(f"{given[0]}: expected [low, high] with low <= high, got {low_high}")
-        if self.loguniform is not None and self.loguniform[0] <= 0:
-            raise ValueError(f"loguniform: bounds must be above 0, got {self.loguniform}")
-        return self
-
-
-class SearchSpec(_Section):
-    """`python -m training <model> --search`: many trainings of this spec with values changed.
-
-    `space` maps dotted spec paths (`compile.optimizer.learning_rate`, `model.layers.0.units`)
-    to a list of values (grid or random) or a distribution (random only).
-    """
-
-    method: Literal["grid", "random"] = "grid"
-    trials: int | None = Field(default=None, gt=0)
-    """random: how many draws (default 10); grid: at most this many combinations, picked at
-    random with `seed` when the grid is larger (default: all of them)."""
-    metric: str = "val_loss"
-    mode: Literal["auto", "min", "max"] = "auto"
-    """auto: max for accuracies and AUC, min otherwise (as early stopping decides)."""
-    seed: int = 0
-    parallelism: int = Field(default=2, gt=0)
-    space: dict[str, list[Any] | Distribution] = Field(min_length=1)
-
-    @field_validator("space", mode="before")
-    @classmethod
-    def _values(cls, space: Any) -> Any:
-        """Each key takes a non-empty list or one distribution; said once, not per union arm."""
-        if not isinstance(space, dict):
-            return space
-        checked: dict[Any, Any] = {}
-        for key, value in space.items():
-            if isinstance(value, list) and value:
-                checked[key] = value
-            elif isinstance(value, dict):
-                try:
-                    checked[key] = Distribution.model_validate(value)
-                except ValidationError as e:
-                    message = describe(e).removeprefix("(top level): ")
-                    raise ValueError(f"{key}: {message}") from e
-            else:
-                raise ValueError(
-                    f"{key}: expected a non-empty list of values, or (random search) one of "
-                    "{uniform: [a, b]}, {loguniform: [a, b]}, {randint: [a, b]}, "
-                    f"{{choice: [...]}}; got {value!r}"
-                )
-        return checked
-
-    @model_validator(mode="after")
-    def _grid_takes_lists(self) -> SearchSpec:
-        if self.method == "grid":
-            drawn = sorted(k for k, v in self.space.items() if isinstance(v, Distribution))
-            if drawn:
-                raise ValueError(
-                    f"space.{drawn[0]}: a grid takes a list of values; distributions "
-                    "(uniform, loguniform, randint, choice) need method: random"
-                )
-        return self
-
-    @property
-    def maximize(self) -> bool:
-        if self.mode != "auto":
-            return self.mode == "max"
-        return "acc" in self.metric or self.metric.endswith("auc")
-
-
-class Spec(_Section):
+class Spec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     data: DataSpec
@@ -401,7 +305,8 @@ def load_spec(path: str | Path) -> tuple[Spec, Path]:
     """Parse and validate a spec; returns it with the spec file's path."""
     file = find_spec_file(path)
     try:
-        raw = yaml.safe_load(file.read_text())
+        with file.open() as stream:  # a stream: the file's name is in YAML's messages
+            raw = yaml.load(stream, Loader=_UniqueKeys)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError(f"{file}: not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(raw, dict):
@@ -412,34 +317,21 @@ def load_spec(path: str | Path) -> tuple[Spec, Path]:
         raise SpecError(f"{file}: {describe(e)}") from e
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last silently: a search space or a layer setting would vanish unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def spec_sha256(file: Path) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()
-
-
-def describe(error: ValidationError) -> str:
-    """Pydantic's errors as `key.path: message (got value)`, one per problem, joined."""
-    parts = []
-    for err in error.errors():
-        path = ".".join(_path(err["loc"])) or "(top level)"
-        message = re.sub(r"^(Value|Assertion) error, ", "", err["msg"])
-        if err["type"] == "union_tag_invalid":
-            ctx = err.get("ctx", {})
-            known = str(ctx.get("expected_tags", "")).replace("'", "")
-            message = f"unknown layer type {ctx.get('tag')!r}; known: {known}"
-        elif err["type"] not in ("value_error", "missing"):
-            message += f" (got {err['input']!r})"
-        parts.append(f"{path}: {message}")
-    return "; ".join(parts)
-
-
-def _path(loc: tuple[int | str, ...]) -> list[str]:
-    """The key path without the layer-type tag pydantic inserts after a list index."""
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        follows_index = i > 0 and isinstance(loc[i - 1], int)
-        if not (follows_index and part in LAYER_TYPES):
-            parts.append(str(part))
-    return parts
-
-
-LAYER_TYPES = ("dense", "activation", "dropout", "batch_normalization")

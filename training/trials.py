@@ -10,9 +10,20 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +31,7 @@ import numpy as np
 import torch
 
 from training.fit import History
+from training.spark import TaggedJobs, worker_error
 from training.train import Run, fit, weights
 
 if TYPE_CHECKING:
@@ -86,17 +98,95 @@ def failed(trial: Trial, error: BaseException, seconds: float = 0.0) -> TrialRes
     return TrialResult(trial, seconds=seconds, error=f"{type(error).__name__}: {text}"[:300])
 
 
-def run_in_processes(jobs: Sequence[TrialJob], parallelism: int, done: OnDone) -> None:
+def run_in_processes(
+    jobs: Sequence[TrialJob],
+    parallelism: int,
+    done: OnDone,
+    say: Callable[[str], None] | None = None,
+) -> None:
     """A pool of `parallelism` fresh interpreters (spawned: forking a process that already
-    runs torch's threads can deadlock), each using its share of this machine's CPUs."""
+    runs torch's threads can deadlock), each using its share of this machine's CPUs.
+
+    A worker that dies (killed, out of memory, a crash in native code) breaks the pool: every
+    trial it had not finished comes back unrun. Those run again, each in a process of its own,
+    so that only a trial whose own process dies fails.
+    """
     threads = max(1, len(os.sched_getaffinity(0)) // parallelism)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=parallelism, mp_context=context) as pool:
-        futures: dict[Future[TrialResult], Trial] = {
-            pool.submit(run_trial, _with_threads(job, threads)): job.trial for job in jobs
-        }
-        for future in as_completed(futures):
-            done(_outcome(future, futures[future]))
+    lost = _in_one_pool([_with_threads(job, threads) for job in jobs], parallelism, done)
+    if lost:
+        if say is not None:
+            numbers = ", ".join(str(job.trial.number) for job in lost)
+            say(f"A worker process died; trials {numbers} run again, each in a process of its own")
+        _each_alone(lost, parallelism, done)
+
+
+def _in_one_pool(jobs: Sequence[TrialJob], parallelism: int, done: OnDone) -> list[TrialJob]:
+    """Every trial in one pool; returns those that a dead worker took down with it."""
+    lost: list[TrialJob] = []
+    with _pool(parallelism) as pool:
+        with _workers_ignore_interrupts():  # the workers start on submit
+            futures = {pool.submit(run_trial, job): job for job in jobs}
+        try:
+            for future in as_completed(futures):
+                if isinstance(future.exception(), BrokenProcessPool):
+                    lost.append(futures[future])
+                else:
+                    done(_outcome(future, futures[future].trial))
+        except BaseException:  # Ctrl-C: no trial may go on (or start) after the search ends
+            _stop(pool)
+            raise
+    return sorted(lost, key=lambda job: job.trial.number)
+
+
+def _each_alone(jobs: Sequence[TrialJob], parallelism: int, done: OnDone) -> None:
+    """Each trial in a pool of one worker, `parallelism` at a time."""
+    waiting = list(jobs)
+    running: dict[Future[TrialResult], tuple[Trial, ProcessPoolExecutor]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallelism:
+                job, pool = waiting.pop(0), _pool(1)
+                with _workers_ignore_interrupts():
+                    running[pool.submit(run_trial, job)] = (job.trial, pool)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                trial, pool = running.pop(future)
+                pool.shutdown()
+                done(_outcome(future, trial))
+    except BaseException:
+        for _, pool in running.values():
+            _stop(pool)
+        raise
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+@contextmanager
+def _workers_ignore_interrupts() -> Iterator[None]:
+    """Processes started in this block ignore SIGINT (they inherit it and Python keeps it).
+
+    A terminal's Ctrl-C reaches the whole process group. The driver alone handles it, and ends
+    the workers (`_stop`), so that no worker prints a traceback of its own, even one that is
+    still importing torch.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread handles signals, and may change their handlers
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Drop the trials not started and end the running ones now, not when they finish."""
+    workers = list((pool._processes or {}).values())  # no public way before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.terminate()
 
 
 def run_on_spark(
@@ -105,6 +195,7 @@ def run_on_spark(
     """Each trial is a one-task Spark job, `parallelism` at a time from driver threads, so that a
     task that dies (a crashed Python worker) fails its trial only, not the whole search."""
     context = spark.sparkContext
+    spark_jobs = TaggedJobs(spark)
 
     def one(job: TrialJob) -> TrialResult:
         context.setJobDescription(f"search trial {job.trial.number}")
@@ -112,9 +203,14 @@ def run_on_spark(
         return result
 
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
-        futures = {pool.submit(one, job): job.trial for job in jobs}
-        for future in as_completed(futures):
-            done(_outcome(future, futures[future]))
+        futures = {pool.submit(spark_jobs.tagged(one), job): job.trial for job in jobs}
+        try:
+            for future in as_completed(futures):
+                done(_outcome(future, futures[future]))
+        except BaseException:  # Ctrl-C: cancel the running trials, start no other
+            pool.shutdown(wait=False, cancel_futures=True)
+            spark_jobs.cancel()
+            raise
 
 
 def _spark_trial(job: TrialJob) -> TrialResult:
@@ -133,5 +229,7 @@ def _with_threads(job: TrialJob, threads: int) -> TrialJob:
 def _outcome(future: Future[TrialResult], trial: Trial) -> TrialResult:
     try:
         return future.result()
-    except Exception as e:  # the worker died or the task failed: this trial failed
-        return failed(trial, e)
+    except BrokenProcessPool:
+        return TrialResult(trial, error="its process died: killed, out of memory, or crashed")
+    except Exception as e:  # the Spark task failed (its Python worker died): this trial failed
+        return TrialResult(trial, error=worker_error(e)[:300])

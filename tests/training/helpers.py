@@ -3,28 +3,34 @@ measured by onnxruntime on its own held-out split."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import inference
-from tests.conftest import REPO
 from training import data as datasets
 from training.spec import load_spec
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`python -m training ARGS` from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+def run_cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m training ARGS` in an empty temporary folder, so that what Spark leaves in its
+    working directory (spark-warehouse) stays out of the source tree; `env` is added."""
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(
+            [sys.executable, "-m", "training", *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
 
 
 def held_out_accuracy(bundle: Path) -> float:

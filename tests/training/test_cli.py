@@ -1,11 +1,17 @@
-"""`python -m training`: trains and prints the bundle; errors are one line, not a traceback."""
+"""`python -m training`: trains and prints the bundle; errors are one line, not a traceback.
+
+Two tests run the real command in a fresh interpreter; the others call its `main` in-process,
+which is the same code without the cost of importing torch again."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SpecWriter
 from tests.training.helpers import run_cli
+from training.__main__ import main
 
 
 def test_trains_and_prints_the_bundle(make_spec: SpecWriter):
@@ -17,17 +23,6 @@ def test_trains_and_prints_the_bundle(make_spec: SpecWriter):
     assert (folder / "1" / "model.onnx").is_file()
 
 
-def test_a_repository_trains_only_what_is_missing(make_spec: SpecWriter):
-    done = make_spec(name="done")
-    (done / "1").mkdir()
-    (done / "1" / "metadata.json").write_text("{}")
-    todo = make_spec(name="todo")
-    result = run_cli(str(done.parent), "--if-missing", "--epochs", "1", "--verbose", "0")
-    assert result.returncode == 0, result.stderr
-    assert f"{done}: bundle exists (version 1)" in result.stdout
-    assert (todo / "1" / "model.onnx").is_file()
-
-
 def test_a_spec_error_is_one_line_and_exit_2(make_spec: SpecWriter):
     folder = make_spec(lambda s: s["compile"].update(loss="mean_sqared_error"))
     result = run_cli(str(folder))
@@ -37,18 +32,39 @@ def test_a_spec_error_is_one_line_and_exit_2(make_spec: SpecWriter):
     assert "Traceback" not in result.stderr
 
 
-def test_a_missing_path_is_one_line_and_exit_2(tmp_path: Path):
-    result = run_cli(str(tmp_path / "nowhere"))
-    assert result.returncode == 2
-    assert result.stderr.strip().endswith(
-        "no such spec file (expected a model folder with model.yaml)"
+def test_a_repository_trains_only_what_is_missing(
+    make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
+):
+    done = make_spec(name="done")
+    (done / "1").mkdir()
+    (done / "1" / "metadata.json").write_text("{}")
+    todo = make_spec(name="todo")
+    assert main([str(done.parent), "--if-missing", "--epochs", "1", "--verbose", "0"]) == 0
+    assert f"{done}: bundle exists (version 1)" in capsys.readouterr().out
+    assert (todo / "1" / "model.onnx").is_file()
+
+
+def test_a_missing_path_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'nowhere'}: no such spec file "
+        "(expected a model folder with model.yaml)\n"
     )
 
 
-def test_bad_arguments_exit_2_with_usage():
-    result = run_cli("--verbose", "5", "models/iris")
-    assert result.returncode == 2
-    assert "usage: python -m training" in result.stderr
-    result = run_cli("--epochs", "0", "models/iris")
-    assert result.returncode == 2
-    assert "must be a positive integer, got 0" in result.stderr
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--verbose", "5"], "argument --verbose: invalid choice: 5"),
+        (["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+    ],
+)
+def test_bad_arguments_exit_2_with_usage(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "models/iris"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m training")
+    assert message in err

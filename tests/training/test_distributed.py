@@ -4,6 +4,7 @@ read through Spark (`spark:<table>`, `parquet:`)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from pyspark.sql import SparkSession
 
 import inference
@@ -20,7 +22,7 @@ from tests.training.helpers import held_out_accuracy, run_cli
 from training import SpecError, load_spec, train
 from training import data as datasets
 from training.__main__ import main
-from training.distributed import DistributedError, train_distributed
+from training.distributed import train_distributed
 
 
 def committed_spec(name: str, folder: Path) -> Path:
@@ -31,16 +33,17 @@ def committed_spec(name: str, folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_ddp_on_the_drug_trial_reaches_single_process_quality(spark: SparkSession, tmp_path: Path):
-    single = train(committed_spec("side_effects", tmp_path / "one"), epochs=4, verbose=0)
+    """Two epochs of the committed spec: 378 DDP steps, each an all-reduce over Spark tasks."""
+    single = train(committed_spec("side_effects", tmp_path / "one"), epochs=2, verbose=0)
     ddp = train_distributed(
         committed_spec("side_effects", tmp_path / "two"),
         num_processes=2,
         spark=spark,
-        epochs=4,
+        epochs=2,
         verbose=0,
     )
     assert abs(ddp.metrics["val_accuracy"] - single.metrics["val_accuracy"]) <= 0.02
-    assert len(ddp.history.epochs) == 4
+    assert len(ddp.history.epochs) == 2
     # The driver exported the weights rank 0 trained: onnxruntime reproduces its metric.
     assert held_out_accuracy(ddp.bundle) == pytest.approx(ddp.metrics["val_accuracy"])
     metadata = json.loads((ddp.bundle / "metadata.json").read_text())
@@ -52,16 +55,18 @@ def test_ddp_on_the_drug_trial_reaches_single_process_quality(spark: SparkSessio
 
 
 @pytest.mark.slow
-def test_cli_spark_trains_iris_with_ddp_to_a_bundle_that_predicts(tmp_path: Path):
-    single = train(committed_spec("iris", tmp_path / "one"), epochs=15, verbose=0)
+def test_cli_spark_trains_iris_with_ddp_to_a_bundle_that_predicts(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    del spark  # the session the command finds (one JVM for the whole test session)
+    single = train(committed_spec("iris", tmp_path / "one"), epochs=8, verbose=0)
     folder = committed_spec("iris", tmp_path / "two")
-    result = run_cli(
-        str(folder),
-        *("--spark", "--master", "local[2]", "--num-processes", "2", "--epochs", "15"),
-        timeout=600,
+    code = main(
+        [str(folder), "--spark", "--master", "local[2]", "--num-processes", "2", "--epochs", "8"]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Bundle written: {folder / '1'} (loss " in result.stdout
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert f"Bundle written: {folder / '1'} (loss " in out
     metadata = json.loads((folder / "1" / "metadata.json").read_text())
     assert abs(metadata["metrics"]["val_accuracy"] - single.metrics["val_accuracy"]) <= 0.02
     model = inference.load(folder)
@@ -76,11 +81,8 @@ def test_more_processes_than_task_slots_is_refused(spark: SparkSession, make_spe
 
 
 def drug_trial_spec(spec: dict[str, Any], source: str) -> None:
-    committed = (MODELS / "side_effects" / "model.yaml").read_text()
-    import yaml
-
     spec.clear()
-    spec.update(yaml.safe_load(committed))
+    spec.update(yaml.safe_load((MODELS / "side_effects" / "model.yaml").read_text()))
     spec["data"]["source"] = source
     spec["fit"].update(epochs=1, verbose=0)
 
@@ -94,10 +96,14 @@ def test_a_spark_table_trains_like_the_same_rows_from_anywhere(
         "age double, side_effects long",
     )
     table.createOrReplaceTempView("patients")
-    from_table = train(make_spec(lambda s: drug_trial_spec(s, "spark:patients"), name="table"))
-    builtin = train(make_spec(lambda s: drug_trial_spec(s, "builtin:drug_trial"), name="builtin"))
-    assert from_table.history.epochs == builtin.history.epochs
-    metadata = json.loads((from_table.bundle / "metadata.json").read_text())
+    from_table = make_spec(lambda s: drug_trial_spec(s, "spark:patients"), name="table")
+    builtin = make_spec(lambda s: drug_trial_spec(s, "builtin:drug_trial"), name="builtin")
+    loaded = [datasets.load(*load_spec(folder)) for folder in (from_table, builtin)]
+    np.testing.assert_array_equal(loaded[0].features, loaded[1].features)
+    np.testing.assert_array_equal(loaded[0].labels, loaded[1].labels)
+    assert loaded[0].classes == loaded[1].classes == ["no_side_effects", "side_effects"]
+    bundle = train(from_table).bundle
+    metadata = json.loads((bundle / "metadata.json").read_text())
     assert metadata["provenance"]["spec"]["data"]["source"] == "spark:patients"
     assert metadata["provenance"]["rows"] == {"train": 1890, "validation": 210}
 
@@ -128,11 +134,23 @@ def test_parquet_read_through_spark_equals_pyarrow(
     np.testing.assert_array_equal(plain.features, through_spark.features)
     np.testing.assert_array_equal(plain.labels, through_spark.labels)
     assert plain.classes == through_spark.classes
-    missing = spec.model_copy(
-        update={"data": spec.data.model_copy(update={"source": "parquet:nowhere.parquet"})}
-    )
-    with pytest.raises(SpecError, match=r"data\.source: Spark cannot read nowhere\.parquet"):
-        datasets.load(missing, spec_file, spark=spark)
+
+
+def test_parquet_that_spark_cannot_read_is_a_spec_error(spark: SparkSession, make_spec: SpecWriter):
+    def source(name: str) -> Any:
+        folder = make_spec(lambda s: s["data"].update(source=f"parquet:{name}"), name=name)
+        return load_spec(folder)
+
+    with pytest.raises(SpecError, match=r"data\.source: nowhere\.parquet not found \(looked in "):
+        datasets.load(*source("nowhere.parquet"), spark=spark)
+    spec, spec_file = source("text.parquet")
+    (spec_file.parent / "text.parquet").write_text("not parquet\n")
+    with pytest.raises(
+        SpecError,
+        match=r"data\.source: Spark cannot read text\.parquet as parquet \(org\.apache\.spark\."
+        r"SparkException: \[FAILED_READ_FILE\.CANNOT_READ_FILE_FOOTER\]",
+    ):
+        datasets.load(spec, spec_file, spark=spark)
 
 
 @pytest.mark.parametrize(
@@ -143,26 +161,53 @@ def test_parquet_read_through_spark_equals_pyarrow(
         (["--search", "--parallelism", "-1"], "--parallelism must be a positive integer, got -1"),
         (["--master", "local[2]"], "--master is for --spark"),
         (["--parallelism", "2"], "--parallelism is for --search"),
+        (
+            ["--spark", "--master", "spark:/host:7077"],
+            "--master: expected local, local[N], local[*], yarn, spark://HOST:PORT or "
+            "k8s://https://HOST:PORT; got 'spark:/host:7077'",
+        ),
+        (["--spark", "--master", "local[0]"], "--master: expected local, "),
+        (["--search", "--verbose", "2"], "--verbose is not for --search: trials train silently"),
     ],
 )
 def test_bad_spark_options_are_one_line_and_exit_2(
     args: list[str], message: str, make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
 ):
     assert main([str(make_spec()), *args]) == 2
-    assert capsys.readouterr().err == f"error: {message}\n"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}")
+    assert err.count("\n") == 1
+
+
+def test_spark_that_cannot_start_is_one_line_and_exit_1(make_spec: SpecWriter):
+    """No Java (here: a JAVA_HOME with none in it) is the usual way a first Spark run fails."""
+    result = run_cli(str(make_spec()), "--spark", env={"JAVA_HOME": "/nonexistent"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: Spark did not start: [JAVA_GATEWAY_EXITED] Java gateway process exited before "
+        "sending its port number."
+    )
 
 
 @pytest.mark.slow
 def test_a_failing_distributed_run_is_one_error_not_a_hang(
-    spark: SparkSession, make_spec: SpecWriter
+    spark: SparkSession, make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
 ):
-    """Global batch 2 on 2 processes is 1 row per rank: batch normalization refuses it."""
+    """Global batch 2 on 2 processes is 1 row per rank: batch normalization refuses it. The
+    ranks' own output streams to stderr first; the command's verdict is the last line."""
+    del spark  # the session the command finds
 
     def edit(spec: dict[str, Any]) -> None:
         spec["model"]["layers"].insert(1, {"type": "batch_normalization"})
         spec["fit"].update(batch_size=2, epochs=1)
 
     folder = make_spec(edit)
-    with pytest.raises(DistributedError, match=r"Expected more than 1 value per channel"):
-        train_distributed(folder, num_processes=2, spark=spark)
+    assert main([str(folder), "--spark", "--num-processes", "2"]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"error: rank 0: ValueError: Expected more than 1 value per channel when training.*",
+        err.splitlines()[-1],
+    )
+    assert "Traceback" not in err
     assert not [p for p in folder.iterdir() if p.name != "model.yaml"]

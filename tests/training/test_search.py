@@ -4,7 +4,15 @@ and as real Spark tasks, the leaderboard, failed trials, and the exported winner
 from __future__ import annotations
 
 import csv
+import io
 import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +22,11 @@ from pyspark.sql import SparkSession
 
 import inference
 from tests.conftest import SpecWriter
-from tests.training.helpers import held_out_accuracy, run_cli
-from training import SpecError, load_spec
+from tests.training.helpers import held_out_accuracy
+from training import SpecError, leaderboard, load_spec
+from training.__main__ import main
 from training.search import SearchError, plan, search
+from training.trials import Trial, TrialResult
 
 BATCH_NORM_LAYERS = [
     {"type": "dense", "units": 8, "activation": "relu"},
@@ -114,6 +124,11 @@ def test_each_trial_spec_carries_its_values(make_spec: SpecWriter):
             r"search: trial 1 .*compile\.optimizer: .*lerning_rate",
         ),
         (
+            {"space": {"compile.metrics": [["accuracy"], []]}},
+            r"search: trial 2 \(compile\.metrics=\[\]\): search\.metric: 'val_accuracy' is not "
+            r"logged; known: loss, val_loss$",
+        ),
+        (
             {"metric": "val_acc", "space": {"fit.batch_size": [8]}},
             r"search\.metric: 'val_acc' is not logged; known: loss, accuracy, val_loss",
         ),
@@ -151,7 +166,9 @@ def test_search_without_a_search_section_is_a_spec_error(make_spec: SpecWriter):
         search(make_spec())
 
 
-def test_pool_search_reports_failed_trials_and_exports_the_best(make_spec: SpecWriter):
+def test_pool_search_reports_failed_trials_and_exports_the_best(
+    make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
+):
     """batch_size 1 makes batch normalization fail at the first step: those trials fail at
     runtime, the others train, and the best of them becomes version 1."""
 
@@ -164,12 +181,12 @@ def test_pool_search_reports_failed_trials_and_exports_the_best(make_spec: SpecW
         }
 
     folder = make_spec(edit)
-    result = run_cli(str(folder), "--search", timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert "Search: 4 grid trials, val_accuracy (max), 2 at a time in a process pool" in (
-        result.stdout
-    )
-    assert f"Bundle written: {folder / '1'}" in result.stdout
+    code = main([str(folder), "--search"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Search: 4 grid trials, val_accuracy (max), 2 at a time in a process pool" in out
+    assert f"Leaderboard: {folder / '1' / 'leaderboard.csv'}, " in out
+    assert f"Bundle written: {folder / '1'}" in out
     board = read_leaderboard(folder / "1")
     assert len(board) == 4
     assert {row["trial"] for row in board} == {"1", "2", "3", "4"}
@@ -201,7 +218,7 @@ def test_spark_search_runs_trials_as_tasks_and_exports_the_next_version(
     def edit(spec: dict[str, Any]) -> None:
         spec["search"] = {
             "method": "random",
-            "trials": 3,
+            "trials": 2,
             "metric": "val_loss",
             "seed": 5,
             "space": {
@@ -215,10 +232,10 @@ def test_spark_search_runs_trials_as_tasks_and_exports_the_next_version(
     tracker = spark.sparkContext.statusTracker()
     jobs_before = set(tracker.getJobIdsForGroup())
     found = search(folder, spark=spark, epochs=3)
-    assert len(set(tracker.getJobIdsForGroup()) - jobs_before) == 3  # one Spark job per trial
+    assert len(set(tracker.getJobIdsForGroup()) - jobs_before) == 2  # one Spark job per trial
     assert found.train.bundle == folder / "2"
     board = read_leaderboard(folder / "2")
-    assert len(board) == 3
+    assert len(board) == 2
     assert all(row["status"] == "ok" for row in board)
     losses = [float(row["val_loss"]) for row in board]
     assert losses == sorted(losses)  # val_loss: lower is better
@@ -242,11 +259,97 @@ def test_when_every_trial_fails_nothing_is_exported(spark: SparkSession, make_sp
     assert not [p for p in folder.iterdir() if p.name != "model.yaml"]
 
 
-def test_cli_search_spec_error_is_one_line_and_exit_2(make_spec: SpecWriter):
+def test_cli_search_spec_error_is_one_line_and_exit_2(
+    make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
+):
     folder = make_spec(with_search(space={"model.layers.0.unit": [4]}))
-    result = run_cli(str(folder), "--search")
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(
-        f"error: {folder / 'model.yaml'}: search.space: 'model.layers.0.unit': "
+    assert main([str(folder), "--search"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: {folder / 'model.yaml'}: search.space: 'model.layers.0.unit': ")
+
+
+def test_the_leaderboard_has_every_metric_any_trial_logged():
+    """The space may vary compile.metrics: no trial's metric is left out of the table."""
+    results = [
+        TrialResult(Trial(1, {"compile.metrics": ["accuracy"]}), {"loss": 0.5, "accuracy": 0.8}),
+        TrialResult(Trial(2, {"compile.metrics": ["mse"]}), {"loss": 0.4, "mse": 0.1}),
+        TrialResult(Trial(3, {"compile.metrics": []}), error="ValueError: boom"),
+    ]
+    table = leaderboard.rows(leaderboard.rank(results, "loss", False), ["compile.metrics"])
+    assert list(table[0]) == [
+        *("rank", "trial", "status", "loss", "mse", "accuracy", "compile.metrics"),
+        *("epochs", "seconds", "error"),
+    ]
+    assert [(row["trial"], row["mse"], row["accuracy"]) for row in table] == [
+        (2, 0.1, None),
+        (1, None, 0.8),
+        (3, None, None),
+    ]
+
+
+def kill_workers(count: int, stop: threading.Event) -> None:
+    """SIGKILL, as the kernel's out-of-memory killer would, the first `count` worker processes
+    this process starts, one at a time, each as soon as it appears."""
+    killed: set[int | None] = set()
+    while len(killed) < count and not stop.is_set():
+        for child in multiprocessing.active_children():
+            if child.pid not in killed:
+                os.kill(child.pid or 0, signal.SIGKILL)
+                killed.add(child.pid)
+                break
+        time.sleep(0.02)
+
+
+def test_a_worker_that_dies_fails_its_own_trial_only(make_spec: SpecWriter):
+    """One trial at a time. The first kill takes the pool's only worker, and with it trials 1
+    and 2; both run again, each in a process of its own. The second kill takes trial 1's: trial
+    1 fails alone, trial 2 trains and is exported."""
+    folder = make_spec(with_search(parallelism=1, space={"model.layers.0.units": [4, 8]}))
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_workers, args=(2, stop), daemon=True)
+    killer.start()
+    out = io.StringIO()
+    try:
+        found = search(folder, stream=out)
+    finally:
+        stop.set()
+        killer.join()
+    assert "A worker process died; trials 1, 2 run again, each in a process of its own" in (
+        out.getvalue()
     )
+    assert [(row["trial"], row["status"]) for row in found.table] == [(2, "ok"), (1, "failed")]
+    assert found.table[1]["error"] == "its process died: killed, out of memory, or crashed"
+    assert found.train.bundle == folder / "1"
+    assert read_leaderboard(folder / "1")[1]["status"] == "failed"
+
+
+def test_ctrl_c_ends_a_search_at_once_with_one_line(make_spec: SpecWriter, tmp_path: Path):
+    """A terminal's Ctrl-C: SIGINT to the command's whole process group, trial workers included,
+    while they start. The interpreter is told to take SIGINT as Ctrl-C even where this test
+    runs with it ignored (a background job)."""
+    folder = make_spec(with_search(space={"model.layers.0.units": [4, 8, 16, 32]}))
+    ctrl_c_as_usual = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from training.__main__ import main; sys.exit(main())"
+    )
+    command = [sys.executable, "-c", ctrl_c_as_usual, str(folder), "--search", "--epochs", "10000"]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("Search: 4 grid trials")
+        time.sleep(1.5)  # the workers are starting
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err == f"error: interrupted while training {folder}; no bundle was written for it\n"
+    assert [p.name for p in folder.iterdir()] == ["model.yaml"]

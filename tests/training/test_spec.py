@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import SpecWriter
+from tests.conftest import MODELS, SpecWriter
 from training import SpecError, load_spec, train
-from training.spec import DenseSpec
+from training.sections import LAYER_TYPES
+from training.spec import DenseSpec, LayerSpec
 
 
 def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
@@ -25,13 +27,13 @@ def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
 
 def test_the_committed_specs_are_valid():
     for name in ("side_effects", "iris"):
-        spec, file = load_spec(Path("models") / name)
+        spec, file = load_spec(MODELS / name)
         assert spec.name == name
         assert file.name == "model.yaml"
 
 
 def test_the_seed_model_is_the_course_model():
-    spec, _ = load_spec("models/side_effects")
+    spec, _ = load_spec(MODELS / "side_effects")
     layers = spec.network.layers
     assert [(x.units, x.activation) for x in layers if isinstance(x, DenseSpec)] == [
         (6, "relu"),
@@ -141,6 +143,18 @@ def test_invalid_yaml_is_one_line(tmp_path: Path):
     assert "\n" not in str(error.value)
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_wins(make_spec: SpecWriter):
+    folder = make_spec()
+    with (folder / "model.yaml").open("a") as f:
+        f.write("search:\n  space:\n    fit.batch_size: [8]\n    fit.batch_size: [16]\n")
+    line = len((folder / "model.yaml").read_text().splitlines())
+    with pytest.raises(
+        SpecError, match=r"not valid YAML: key 'fit\.batch_size' given twice in "
+    ) as e:
+        load_spec(folder)
+    assert str(e.value).endswith(f'"{folder / "model.yaml"}", line {line}, column 5')
+
+
 def test_a_folder_without_a_spec(tmp_path: Path):
     with pytest.raises(SpecError, match=r"no such spec file"):
         load_spec(tmp_path)
@@ -171,3 +185,14 @@ def test_layer_names_follow_keras_and_must_be_unique(make_spec: SpecWriter):
     folder = make_spec(lambda s: set_path(s, "model.layers.0.name", "scores"), name="n")
     with pytest.raises(SpecError, match=r"reserved for outputs"):
         load_spec(folder)
+
+
+def test_error_paths_drop_exactly_the_layer_type_tags():
+    """`describe` removes the tag pydantic puts after a layer's index (`model.layers.0.dense.units`
+    reads `model.layers.0.units`): it must know every layer type."""
+    union, _ = typing.get_args(LayerSpec)
+    tags = {
+        typing.get_args(layer.model_fields["type"].annotation)[0]
+        for layer in typing.get_args(union)
+    }
+    assert tags == set(LAYER_TYPES)

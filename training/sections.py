@@ -1,0 +1,61 @@
+"""What every spec section shares: unknown keys are errors that list the allowed ones, and
+pydantic's errors are worded `key.path: message (got value)`.
+
+Its own module so that the spec (`training.spec`) and its search section
+(`training.search_spec`) can both build on it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """A spec section: unknown keys are errors that list the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = {f.alias or name for name, f in cls.model_fields.items()}
+            unknown = sorted(str(k) for k in data if k not in allowed and k not in cls.model_fields)
+            if unknown:
+                raise ValueError(
+                    f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
+                )
+        return data
+
+
+def describe(error: ValidationError) -> str:
+    """Pydantic's errors as `key.path: message (got value)`, one per problem, joined."""
+    parts = []
+    for err in error.errors():
+        path = ".".join(_path(err["loc"])) or "(top level)"
+        message = re.sub(r"^(Value|Assertion) error, ", "", err["msg"])
+        if err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            known = str(ctx.get("expected_tags", "")).replace("'", "")
+            message = f"unknown layer type {ctx.get('tag')!r}; known: {known}"
+        elif err["type"] not in ("value_error", "missing"):
+            message += f" (got {err['input']!r})"
+        parts.append(f"{path}: {message}")
+    return "; ".join(parts)
+
+
+def _path(loc: tuple[int | str, ...]) -> list[str]:
+    """The key path without the layer-type tag pydantic inserts after a list index."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        follows_index = i > 0 and isinstance(loc[i - 1], int)
+        if not (follows_index and part in LAYER_TYPES):
+            parts.append(str(part))
+    return parts
+
+
+LAYER_TYPES = ("dense", "activation", "dropout", "batch_normalization")
+"""The `type` tags of `training.spec.LayerSpec` (a test keeps the two equal)."""
