@@ -34,9 +34,11 @@ from batch.worker import OutputColumn, ScoringSpec, flatten, model_for, output_l
 
 TASK_BYTES = 128 * 1024 * 1024
 """Uncompressed bytes per task at most, as Spark's `spark.sql.files.maxPartitionBytes`."""
-BATCH_BYTES = 32 * 1024 * 1024
-MAX_BATCH_ROWS = 65_536
-"""Rows scored per `session.run`: big enough to amortise the call, small enough for memory."""
+BATCH_BYTES = 64 * 1024 * 1024
+MAX_BATCH_ROWS = 262_144
+"""Rows read, scored and written at once (each batch is one output row group): big enough to
+amortise the per-batch calls, small enough for memory. On 2M side_effects rows 262,144 ran 9%
+faster than 65,536 and as fast as a million."""
 
 
 @dataclass(frozen=True)
