@@ -203,17 +203,16 @@ def run(
     spark = spark_session("local[2]", app_name="batch-bench")
     results: dict[tuple[str, str], dict[str, float]] = {}
     for name, bundle, source, column, rows in cases:
-        results[(name, "floor (1 process, 1 thread)")] = _measure(
-            lambda b=bundle, s=source, c=column: floor(b, s, Path(out()), c),
-            rows,
-            args.repeats,
-            cold=False,
-        )
+        runners: dict[str, Callable[[], None]] = {
+            "floor (1 process, 1 thread)": lambda b=bundle, s=source, c=column: floor(
+                b, s, Path(out()), c
+            ),
+        }
         for path, runner in spark_runners(spark, bundle, column).items():
-            results[(name, path)] = _measure(
-                lambda r=runner, s=source: r(str(s), out()), rows, args.repeats, cold=True
-            )
-            print(f"{name:<24} {path:<22} {results[(name, path)]}", flush=True)
+            runners[path] = lambda r=runner, s=source: r(str(s), out())
+        for path, speed in _measure(runners, rows, args.repeats).items():
+            results[(name, path)] = speed
+            print(f"{name:<24} {path:<22} {speed}", flush=True)
     spark.stop()
     cli = [
         sys.executable,
@@ -239,10 +238,24 @@ def run(
     return results, cli_seconds
 
 
-def _measure(run: Callable[[], None], rows: int, repeats: int, cold: bool) -> dict[str, float]:
-    first = timed(run)
-    warm = [timed(run) for _ in range(repeats)]
-    return {"cold": rows / first if cold else float("nan"), "warm": rows / statistics.median(warm)}
+def _measure(
+    runners: dict[str, Callable[[], None]], rows: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Cold: each path's first run (the floor has none). Warm: `repeats` rounds that take the
+    paths in turn, so that a machine whose speed drifts (a shared VM) slows them all alike;
+    the median per path."""
+    cold = {path: timed(run) for path, run in runners.items()}
+    warm: dict[str, list[float]] = {path: [] for path in runners}
+    for _ in range(repeats):
+        for path, run in runners.items():
+            warm[path].append(timed(run))
+    return {
+        path: {
+            "cold": float("nan") if path.startswith("floor") else rows / cold[path],
+            "warm": rows / statistics.median(warm[path]),
+        }
+        for path in runners
+    }
 
 
 def report(
@@ -272,9 +285,12 @@ def report(
     return f"""## Batch (Spark)
 
 `{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}, Spark `local[2]`, Arrow batches of
-10,000 rows, Parquet in and out. Warm: median of {args.repeats} runs after one untimed run in the
-same session; cold: that first run. {args.rows:,} rows for side_effects, {args.wide_rows:,} for the
-wide model (256 → 1024 → 1024 → 10).
+10,000 rows, Parquet in and out. Warm: median of {args.repeats} rounds that take the paths in
+turn, after one untimed run of each in the same session; cold: that first run.
+{args.rows:,} rows for side_effects, {args.wide_rows:,} for the wide model
+(256 → 1024 → 1024 → 10). "our job" is `batch.job.run`, what `python -m batch score` runs (here
+pyarrow reads and writes the files in Spark's tasks); "our DataFrame path" is `score_dataframe`
+with Spark's writer, what the Transformer, the SQL function and `--io spark` use.
 
 {chr(10).join(lines)}
 
