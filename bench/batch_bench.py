@@ -1,6 +1,6 @@
 """Batch benchmark: our Spark job against the single-process floor and Spark's alternatives.
 
-    make bench-batch    # or: .venv/bin/python bench/batch_bench.py --rows 2000000 --repeats 2
+    make bench-batch    # or: .venv/bin/python bench/batch_bench.py --rows 2000000 --repeats 3
 
 On the same Parquet data, in one run, with Spark `local[2]` (one warm session):
 - the floor: one process, pyarrow read → onnxruntime in large batches (1 thread) → Parquet;
@@ -170,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--wide-rows", type=int, default=200_000)
-    parser.add_argument("--repeats", type=int, default=2, help="warm runs per path (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="warm rounds (median)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     try:
