@@ -79,10 +79,10 @@ class HotRequest:
 
     __slots__ = ("_body", "app", "headers", "state")
 
-    def __init__(self, app: Any, headers: dict[str, str], body: bytes):
+    def __init__(self, app: Any, headers: dict[str, str], body: bytes, state: SimpleNamespace):
         self.app = app
         self.headers = headers
-        self.state = SimpleNamespace(model_name="", model_version="")
+        self.state = state
         self._body = body
 
     async def body(self) -> bytes:
@@ -105,48 +105,45 @@ class HotStack:
         metrics = self.metrics
         start = time.perf_counter()
         metrics.answering += 1
-        state = None
+        state = SimpleNamespace(model_name="", model_version="")  # the handler notes the model
         status = 500
         try:
-            response, state = await self._answer(scope, receive)
+            response = await self._answer(scope, receive, state)
             if response is not None:
                 status = response.status_code
                 await response(scope, receive, send)
         finally:
             metrics.answering -= 1
             metrics.observe_request(
-                state.model_name if state else "",
-                state.model_version if state else "",
+                state.model_name,
+                state.model_version,
                 route.path,
                 status,
                 time.perf_counter() - start,
             )
 
     async def _answer(
-        self, scope: Scope, receive: Receive
-    ) -> tuple[Response | None, SimpleNamespace | None]:
-        """The response (None: the client left) and the request state the handler noted."""
+        self, scope: Scope, receive: Receive, state: SimpleNamespace
+    ) -> Response | None:
+        """The response; None when the client left before it."""
         if self.key is not None and not key_allowed(scope, self.key):
-            return unauthorized(), None
+            return unauthorized()
         declared = declared_too_large(scope, self.limit)
         if declared is not None:
-            return error_response(413, declared), None
+            return error_response(413, declared)
         route: HotRoute = scope["route"]
         params = scope["path_params"]
-        request = None
         try:
             body = await read_body(receive, self.limit)
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            request = HotRequest(scope["app"], headers, body)
-            handler_request = cast(Request, request)  # the attributes the handlers read
-            response = await route.handler(handler_request, params["name"], params.get("version"))
+            request = cast(Request, HotRequest(scope["app"], headers, body, state))
+            return await route.handler(request, params["name"], params.get("version"))
         except ClientDisconnect:
-            return None, request.state if request else None
+            return None
         except (ServingError, InvalidInputError) as e:
-            response = client_error_response("POST", scope["path"], e)
+            return client_error_response("POST", scope["path"], e)
         except Exception:
-            response = internal_error_response("POST", scope["path"])
-        return response, request.state if request else None
+            return internal_error_response("POST", scope["path"])
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
