@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 import inference
+from batch import paths
 from batch.worker import OutputColumn, ScoringSpec, flatten, model_for, output_layout, score_arrays
 
 TASK_BYTES = 128 * 1024 * 1024
@@ -79,7 +80,7 @@ def unusable(spark: SparkSession, input_path: str, output_path: str) -> str | No
     if not (spark.sparkContext.master or "").startswith("local"):
         return "the master is not local: executors may not see the driver's files"
     for path in (input_path, output_path):
-        if _scheme(spark, path) != "file":
+        if str(paths.qualified(spark, path).getScheme()) != "file":
             return f"{path} is not on the local file system"
     folder = Path(local_path(spark, input_path))
     if folder.is_dir() and any(entry.is_dir() for entry in _visible(folder)):
@@ -225,18 +226,7 @@ def _dictionary_columns(source: pq.ParquetFile, layout: list[OutputColumn]) -> l
 
 def local_path(spark: SparkSession, path: str) -> str:
     """`path` as Spark resolves it (relative to the driver's folder), without `file:`."""
-    return str(_qualified(spark, path).getPath())
-
-
-def _scheme(spark: SparkSession, path: str) -> str:
-    return str(_qualified(spark, path).getScheme())
-
-
-def _qualified(spark: SparkSession, path: str):  # type: ignore[no-untyped-def]
-    """The URI Spark's file system makes of `path` (default file system, working folder)."""
-    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-    fs = jpath.getFileSystem(spark._jsc.hadoopConfiguration())
-    return fs.makeQualified(jpath).toUri()
+    return str(paths.qualified(spark, path).getPath())
 
 
 def _visible(folder: Path) -> list[Path]:

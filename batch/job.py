@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from batch import arrow_files
+from batch import arrow_files, paths
 from batch.scoring import ScoringError, prepare, scored_columns
 from batch.worker import ScoringSpec
 
@@ -89,7 +89,7 @@ def run(
     io: IO = "auto",
 ) -> JobReport:
     start = time.perf_counter()
-    fs, target = _filesystem(spark, output_path), _jpath(spark, output_path)
+    fs, target = paths.filesystem(spark, output_path), paths.jpath(spark, output_path)
     in_format = input_format(input_path, fmt)
     _check_paths(spark, input_path, output_path, mode)
     log.info("scoring %s with %s", input_path, model)
@@ -138,10 +138,10 @@ def run(
             )
         if fs.exists(target):
             fs.delete(target, True)
-        if not fs.rename(_jpath(spark, staging), target):
+        if not fs.rename(paths.jpath(spark, staging), target):
             raise JobError(f"could not move the result from {staging} to {output_path}")
     finally:
-        staging_path = _jpath(spark, staging)
+        staging_path = paths.jpath(spark, staging)
         if fs.exists(staging_path):
             fs.delete(staging_path, True)
     report = JobReport(
@@ -263,24 +263,16 @@ def _first_error(spark: SparkSession, path: str, fmt: str, prefix: str) -> str:
 def _check_paths(spark: SparkSession, input_path: str, output_path: str, mode: str) -> None:
     """Refuse, before any work: an output that exists (unless overwriting), a missing input, and
     an output that is the input, holds it or lies inside it (overwriting would delete it)."""
-    out_fs, out = _filesystem(spark, output_path), _jpath(spark, output_path)
-    in_fs, source = _filesystem(spark, input_path), _jpath(spark, input_path)
+    out_fs, out = paths.filesystem(spark, output_path), paths.jpath(spark, output_path)
+    in_fs, source = paths.filesystem(spark, input_path), paths.jpath(spark, input_path)
     if out_fs.exists(out) and mode == "error":
         raise JobError(f"output {output_path} exists; pass --mode overwrite to replace it")
     if not in_fs.exists(source):
         raise JobError(f"input {input_path} does not exist")
-    a = str(out_fs.makeQualified(out)).rstrip("/")
-    b = str(in_fs.makeQualified(source)).rstrip("/")
+    a = str(paths.qualified(spark, output_path)).rstrip("/")
+    b = str(paths.qualified(spark, input_path)).rstrip("/")
     if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
         raise JobError(
             f"the output {output_path} is, holds or is inside the input {input_path}; "
             "write the scores somewhere else"
         )
-
-
-def _jpath(spark: SparkSession, path: str):  # type: ignore[no-untyped-def]
-    return spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-
-
-def _filesystem(spark: SparkSession, path: str):  # type: ignore[no-untyped-def]
-    return _jpath(spark, path).getFileSystem(spark._jsc.hadoopConfiguration())
