@@ -40,29 +40,30 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=2).status != 200)"]
 CMD ["python", "-m", "serving", "--repo", "models", "--host", "0.0.0.0", "--port", "8080"]
 
-# ---- serve-gpu: the same service on CUDA (onnxruntime-gpu instead of onnxruntime)
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS serve-gpu
+# ---- serve-gpu: the same service on CUDA (onnxruntime-gpu instead of onnxruntime). The `gpu`
+# extra brings CUDA 13 and cuDNN as NVIDIA's wheels, so no CUDA base image is needed: the host's
+# driver (580 or later, for CUDA 13) comes in through the NVIDIA container toolkit.
+FROM ${PYTHON_IMAGE} AS serve-gpu
 ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     SERVING_PROVIDERS=cuda,cpu
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3=3.12.* python3-pip=24.* \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 --user-group app
+RUN useradd --create-home --uid 10001 --user-group app
 WORKDIR /app
 COPY pyproject.toml docker/requirements.py ./
-RUN python3 requirements.py serve gpu --without onnxruntime > requirements.txt \
-    && pip3 install --no-cache-dir -r requirements.txt \
+RUN python requirements.py serve gpu --without onnxruntime > requirements.txt \
+    && pip install --no-cache-dir -r requirements.txt \
     && rm requirements.txt requirements.py
 COPY --from=build /wheels/ /wheels/
-RUN pip3 install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 COPY --chown=app:app models/ models/
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=2).status != 200)"]
-CMD ["python3", "-m", "serving", "--repo", "models", "--host", "0.0.0.0", "--port", "8080"]
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=2).status != 200)"]
+CMD ["python", "-m", "serving", "--repo", "models", "--host", "0.0.0.0", "--port", "8080"]
 
 # ---- batch: Java 17 + the `batch` extra, for spark-submit and spark.kubernetes.container.image
 FROM ${PYTHON_IMAGE} AS batch

@@ -36,6 +36,7 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
         allow_cpu_fallback=settings.allow_cpu_fallback,
         intra_op_threads=settings.intra_op_threads,
         allow_spinning=settings.allow_spinning,
+        allow_tf32=settings.allow_tf32,
     )
 
 

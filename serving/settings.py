@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     allow_spinning: bool = False
     """onnxruntime's threads spin between runs: lower latency on an idle machine, but they take
     CPU from the event loop when it is busy (off by default: measured in bench/RESULTS.md)."""
+    allow_tf32: bool = False
+    """CUDA may multiply in TensorFloat-32: faster for large models, less exact (see
+    `inference.RuntimeOptions.allow_tf32`); off so that the GPU answers as the CPU does."""
 
     api_key: SecretStr | None = None
     """When set, every route but the health probes needs `Authorization: Bearer <key>` or
