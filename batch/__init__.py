@@ -5,8 +5,24 @@ SQL function, all over the same `inference` runtime as the HTTP service.
 
     from batch import score_dataframe
     scored = score_dataframe(spark.read.parquet("patients.parquet"), "models/side_effects")
+
+The Spark parts load on first use, so that `batch.worker` (what runs in Spark's Python workers,
+and scores Arrow batches) imports without pyspark's SQL layer.
 """
 
-from batch.scoring import ScoringError, score_dataframe
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batch.scoring import ScoringError, score_dataframe
 
 __all__ = ["ScoringError", "score_dataframe"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from batch import scoring
+
+        return getattr(scoring, name)
+    raise AttributeError(f"module 'batch' has no attribute {name!r}")

@@ -16,7 +16,8 @@ from pyspark.errors import PySparkException
 
 import inference
 from batch.job import JobError, run
-from batch.session import spark_session
+from batch.session import local_master, spark_session
+from inference.runtime import check_provider_names, resolve_providers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +58,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "only), Spark's own reader and writer, or auto (arrow where it can; the default)",
     )
     score.add_argument(
+        "--providers",
+        default="cpu",
+        help="onnxruntime execution providers on the executors, in order, e.g. cuda,cpu "
+        "(default cpu); with cuda each task runs on the GPU Spark gave it",
+    )
+    score.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="score on the CPU where a requested accelerator cannot start, instead of failing",
+    )
+    score.add_argument(
         "--fail-on-bad-rows",
         action="store_true",
         help="exit 1 without writing if any row cannot be scored",
@@ -72,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection chatter is not ours
     try:
         inference.resolve_bundle_dir(args.model, args.version)  # fail before starting Spark
+        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+        check_provider_names(providers)
+        if local_master(args.master):  # the executors are this machine: ask it now
+            resolve_providers(providers, args.allow_cpu_fallback)
         spark = spark_session(args.master)
         report = run(
             spark,
@@ -87,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             version=args.version,
             fail_on_bad_rows=args.fail_on_bad_rows,
             io=args.io,
+            providers=providers,
+            allow_cpu_fallback=args.allow_cpu_fallback,
         )
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)

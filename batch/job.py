@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,6 +87,8 @@ def run(
     version: int | None = None,
     fail_on_bad_rows: bool = False,
     io: IO = "auto",
+    providers: Sequence[str] = ("cpu",),
+    allow_cpu_fallback: bool = False,
 ) -> JobReport:
     start = time.perf_counter()
     fs, target = paths.filesystem(spark, output_path), paths.jpath(spark, output_path)
@@ -115,6 +117,8 @@ def run(
             prefix=prefix,
             outputs=outputs,
             features_column=features_column,
+            providers=providers,
+            allow_cpu_fallback=allow_cpu_fallback,
         )
     except ScoringError as e:
         raise JobError(str(e)) from e

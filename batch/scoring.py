@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +28,8 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.functions import arrow_udf
 
 import inference
-from batch.worker import ScoringSpec, output_layout, score_batches
+from batch.worker import ScoringSpec, output_layout, score_batches, spec_for
+from inference.runtime import check_provider_names
 
 STRUCT_COLUMN = "__bundle_outputs__"
 _arrow_udf = cast(Any, arrow_udf)  # pyspark's stubs miss the type-hinted form used here
@@ -47,8 +49,11 @@ def score_dataframe(
     prefix: str = "pred_",
     outputs: Sequence[str] | None = None,
     features_column: str | None = None,
+    providers: Sequence[str] = ("cpu",),
+    allow_cpu_fallback: bool = False,
 ) -> DataFrame:
-    """`df` with the model's outputs appended (see the module docstring for the columns)."""
+    """`df` with the model's outputs appended (see the module docstring for the columns);
+    `providers` as in `inference.RuntimeOptions`, on the executors."""
     spec = prepare(
         df.sparkSession,
         df.schema,
@@ -57,6 +62,8 @@ def score_dataframe(
         prefix=prefix,
         outputs=outputs,
         features_column=features_column,
+        providers=providers,
+        allow_cpu_fallback=allow_cpu_fallback,
     )
     return scored_columns(df, spec, prefix)
 
@@ -80,11 +87,16 @@ def prepare(
     prefix: str,
     outputs: Sequence[str] | None,
     features_column: str | None,
+    providers: Sequence[str] = ("cpu",),
+    allow_cpu_fallback: bool = False,
 ) -> ScoringSpec:
     """Verify the bundle and check that a table of this schema can be scored: every refusal
-    before any work."""
+    before any work. The providers are checked by name here; whether the executors can start
+    them (a GPU driver, the `gpu` extra) only they can tell, and their error names it."""
+    check_provider_names(providers)
     bundle = inference.load(model, version=version)
     spec = scoring_spec(spark, bundle, outputs, features_column)
+    spec = replace(spec, providers=tuple(providers), allow_cpu_fallback=allow_cpu_fallback)
     _check_input(schema, spec)
     names = set(schema.fieldNames())
     clash = sorted(names & {column.name for column in output_layout(spec, prefix)})
@@ -130,22 +142,16 @@ def scoring_spec(
     outputs: Sequence[str] | None,
     features_column: str | None,
 ) -> ScoringSpec:
-    meta = model.metadata
-    names = list(outputs) if outputs else meta.default_outputs
-    known = {o.name: o for o in meta.outputs}
-    unknown = [n for n in names if n not in known]
+    known = [o.name for o in model.metadata.outputs]
+    unknown = [n for n in outputs or [] if n not in known]
     if unknown:
         raise ScoringError(f"unknown output(s) {unknown}; the model has: {', '.join(known)}")
-    return ScoringSpec(
-        shipped_name=ship(spark, model.path, meta.onnx.sha256),
-        driver_path=str(model.path.resolve()),
-        sha256=meta.onnx.sha256,
+    return spec_for(
+        model,
+        outputs,
+        features_column,
+        shipped_name=ship(spark, model.path, model.metadata.onnx.sha256),
         threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
-        feature_names=tuple(meta.feature_names),
-        features_column=features_column,
-        outputs=tuple(names),
-        classes=tuple(meta.classes) if meta.classes else None,
-        widths=tuple(known[n].shape[1] if len(known[n].shape) == 2 else 0 for n in names),
     )
 
 

@@ -1,6 +1,7 @@
 """What runs inside Spark's Python workers: one cached session, Arrow batches in, a struct out.
 
-The session is cached at module level, keyed by the bundle's sha256 and the thread count, so a
+The session is cached at module level, keyed by the bundle's sha256, the thread count, the
+providers and the task's GPU, so a
 Python worker builds it once and reuses it for every partition and every job that scores the
 same bundle. It is never rebuilt per row, per batch or per partition. The bundle folder reaches
 executors through `SparkContext.addFile`, not through the pickled closure.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 import inference
 from batch import convert
 
-_MODELS: dict[tuple[str, int], inference.Model] = {}
+_MODELS: dict[tuple[object, ...], inference.Model] = {}
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class ScoringSpec:
     classes: tuple[str, ...] | None
     widths: tuple[int, ...]
     """Width of each 2-D output in `outputs` (0 for the 1-D class index)."""
+    providers: tuple[str, ...] = ("cpu",)
+    """onnxruntime execution providers, in order (`cuda` runs on the GPU Spark gave the task)."""
+    allow_cpu_fallback: bool = False
 
     @property
     def input_columns(self) -> list[str]:
@@ -102,12 +106,47 @@ def flatten(struct: pa.StructArray, layout: list[OutputColumn]) -> list[pa.Array
     return arrays
 
 
+def spec_for(
+    model: inference.Model,
+    outputs: Sequence[str] | None,
+    features_column: str | None,
+    *,
+    shipped_name: str = "",
+    threads: int = 1,
+    providers: Sequence[str] = ("cpu",),
+    allow_cpu_fallback: bool = False,
+) -> ScoringSpec:
+    """The spec that scores with `model` (its output names already checked by the caller)."""
+    meta = model.metadata
+    names = list(outputs) if outputs else meta.default_outputs
+    known = {o.name: o for o in meta.outputs}
+    return ScoringSpec(
+        shipped_name=shipped_name,
+        driver_path=str(model.path.resolve()),
+        sha256=meta.onnx.sha256,
+        threads=threads,
+        feature_names=tuple(meta.feature_names),
+        features_column=features_column,
+        outputs=tuple(names),
+        classes=tuple(meta.classes) if meta.classes else None,
+        widths=tuple(known[n].shape[1] if len(known[n].shape) == 2 else 0 for n in names),
+        providers=tuple(providers),
+        allow_cpu_fallback=allow_cpu_fallback,
+    )
+
+
 def model_for(spec: ScoringSpec) -> inference.Model:
-    key = (spec.sha256, spec.threads)
+    gpu = task_gpu()
+    key = (spec.sha256, spec.threads, spec.providers, spec.allow_cpu_fallback, gpu)
     model = _MODELS.get(key)
     if model is None:
         options = inference.RuntimeOptions(
-            intra_op_threads=spec.threads, inter_op_threads=1, allow_spinning=False
+            providers=spec.providers,
+            allow_cpu_fallback=spec.allow_cpu_fallback,
+            intra_op_threads=spec.threads,
+            inter_op_threads=1,
+            allow_spinning=False,
+            device_id=gpu,
         )
         model = inference.load(_bundle_path(spec), options=options)
         if model.metadata.onnx.sha256 != spec.sha256:
@@ -118,7 +157,21 @@ def model_for(spec: ScoringSpec) -> inference.Model:
     return model
 
 
+def task_gpu() -> int:
+    """The GPU Spark gave this task (`spark.task.resource.gpu.amount`); 0 outside such a task."""
+    try:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        gpus = context.resources().get("gpu") if context is not None else None
+        return int(gpus.addresses[0]) if gpus is not None and gpus.addresses else 0
+    except Exception:  # no Spark here, or an address that is not a number: the first GPU
+        return 0
+
+
 def _bundle_path(spec: ScoringSpec) -> str:
+    if not spec.shipped_name:  # not shipped (plain Python): the driver's folder
+        return spec.driver_path
     try:
         from pyspark import SparkFiles
 

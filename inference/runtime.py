@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +51,8 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     allow_spinning: bool = True
     """onnxruntime's worker threads spin between runs: lower latency, more CPU when idle."""
+    device_id: int = 0
+    """Which GPU a CUDA or TensorRT session runs on (a Spark task gets the one Spark gave it)."""
     allow_tf32: bool = False
     """Let CUDA multiply float32 matrices in TensorFloat-32 (Ampere and later GPUs): faster for
     large models, but scores then differ from the CPU's by up to ~1e-2 relative (measured on an
@@ -80,20 +83,29 @@ def _cgroup_quota(cgroup: Path) -> float | None:
         return None
 
 
-def resolve_providers(requested: tuple[str, ...], allow_cpu_fallback: bool) -> list[str]:
-    """Map our provider names to onnxruntime's and check that this install has them."""
+def check_provider_names(requested: Sequence[str]) -> list[str]:
+    """onnxruntime's names for ours; an empty list or an unknown name is refused. Whether this
+    install can run them is `resolve_providers`'s question."""
     if not requested:
         raise ProviderUnavailableError(
             "no execution provider requested; known: cpu, cuda, tensorrt"
         )
-    available = ort.get_available_providers()
-    chosen: list[str] = []
+    full_names = []
     for name in requested:
         full = PROVIDERS.get(name.lower(), name)
         if full not in PROVIDERS.values():
             raise ProviderUnavailableError(
                 f"unknown execution provider {name!r}; known: {', '.join(PROVIDERS)}"
             )
+        full_names.append(full)
+    return full_names
+
+
+def resolve_providers(requested: Sequence[str], allow_cpu_fallback: bool) -> list[str]:
+    """Map our provider names to onnxruntime's and check that this install has them."""
+    available = ort.get_available_providers()
+    chosen: list[str] = []
+    for name, full in zip(requested, check_provider_names(requested), strict=True):
         if full in available:
             chosen.append(full)
         elif not allow_cpu_fallback:
@@ -164,9 +176,12 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
 
 def provider_options(provider: str, options: RuntimeOptions) -> dict[str, str]:
     """onnxruntime's options for one provider: float32 kept exact on CUDA unless TF32 is allowed."""
+    chosen: dict[str, str] = {}
+    if provider in GPU_PROVIDERS and options.device_id:  # onnxruntime warns at an explicit 0
+        chosen["device_id"] = str(options.device_id)
     if provider == PROVIDERS["cuda"]:
-        return {"use_tf32": "1" if options.allow_tf32 else "0"}
-    return {}
+        chosen["use_tf32"] = "1" if options.allow_tf32 else "0"
+    return chosen
 
 
 def build_session(model_path: Path, options: RuntimeOptions) -> ort.InferenceSession:

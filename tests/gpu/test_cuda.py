@@ -167,3 +167,27 @@ def test_ddp_takes_nccl_and_the_gpu_and_its_bundle_serves(tmp_path: Path):
     assert abs(result["metrics"]["val_accuracy"] - cpu.metrics["val_accuracy"]) <= 0.05
     served = inference.load(result["bundle"], options=CUDA)
     assert served.providers[0] == "CUDAExecutionProvider"
+
+
+def test_the_batch_worker_scores_on_cuda_as_on_the_cpu():
+    """What each Spark task runs (`--providers cuda`), here without Spark: same rows, same
+    bad-row messages, scores within float32 rounding of the CPU's."""
+    pa = pytest.importorskip("pyarrow")
+    from batch.worker import model_for, score_arrays, spec_for
+
+    model = inference.load(MODELS / "side_effects")
+    ages = pa.array([70.0, 20.0, None, float("nan"), 45.0, 18.5] * 500)
+    cpu_spec = spec_for(model, None, None)
+    gpu_spec = spec_for(model, None, None, providers=("cuda",))
+    gpu_model = model_for(gpu_spec)
+    assert gpu_model.providers[0] == "CUDAExecutionProvider"
+    cpu = score_arrays(cpu_spec, model_for(cpu_spec), [ages]).to_pylist()
+    gpu = score_arrays(gpu_spec, gpu_model, [ages]).to_pylist()
+    assert len(gpu) == len(cpu) == 3000
+    for got, want in zip(gpu, cpu, strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, list):
+                np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+            else:
+                assert got[key] == value, key

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 import inference
@@ -107,6 +108,13 @@ def test_threads_are_set_explicitly(iris_bundle: Path):
     assert 1 <= inference.available_cpus() <= 4096
 
 
+CPU_ONLY = pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this onnxruntime has CUDA (tests/gpu covers it)",
+)
+
+
+@CPU_ONLY
 def test_cuda_without_its_runtime_is_an_error_not_a_silent_fallback(iris_bundle: Path):
     with pytest.raises(
         ProviderUnavailableError,
@@ -115,6 +123,7 @@ def test_cuda_without_its_runtime_is_an_error_not_a_silent_fallback(iris_bundle:
         inference.load(iris_bundle, options=RuntimeOptions(providers=("cuda",)))
 
 
+@CPU_ONLY
 def test_cuda_falls_back_to_cpu_only_when_allowed(iris_bundle: Path):
     model = inference.load(
         iris_bundle, options=RuntimeOptions(providers=("cuda", "cpu"), allow_cpu_fallback=True)
