@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -187,22 +188,38 @@ def provider_options(provider: str, options: RuntimeOptions) -> dict[str, str]:
 def build_session(model_path: Path, options: RuntimeOptions) -> ort.InferenceSession:
     """A session on the requested providers, refusing a silent fallback to the CPU."""
     providers = resolve_providers(options.providers, options.allow_cpu_fallback)
+    printed = io.StringIO()  # onnxruntime prints a provider's failure, then retries on the CPU
     try:
-        session = ort.InferenceSession(
-            str(model_path),
-            sess_options=session_options(options),
-            providers=providers,
-            provider_options=[provider_options(p, options) for p in providers],
-        )
+        with contextlib.redirect_stdout(printed):
+            session = ort.InferenceSession(
+                str(model_path),
+                sess_options=session_options(options),
+                providers=providers,
+                provider_options=[provider_options(p, options) for p in providers],
+            )
     except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
         raise BundleError(f"{model_path}: onnxruntime cannot load this model: {e}") from e
     missing = [p for p in providers if p not in session.get_providers()]
-    if missing and not options.allow_cpu_fallback:
-        raise ProviderUnavailableError(
-            f"{model_path}: onnxruntime could not start {', '.join(missing)}; it would have run "
-            f"on {', '.join(session.get_providers())}. {gpu_requirements()}"
-        )
+    if missing:
+        reason = provider_failure(printed.getvalue())
+        if not options.allow_cpu_fallback:
+            raise ProviderUnavailableError(
+                f"{model_path}: onnxruntime could not start {', '.join(missing)} ({reason}); it "
+                f"would have run on {', '.join(session.get_providers())}. {gpu_requirements()}"
+            )
+        log.warning("%s: %s did not start (%s); running on the CPU", model_path, missing, reason)
     return session
+
+
+def provider_failure(printed: str) -> str:
+    """The cause in onnxruntime's printed "EP Error" block, in a line (CUDA's own words)."""
+    cuda = re.search(r"CUDA failure \d+: ([^;\n]+)", printed)
+    if cuda:
+        return cuda.group(1).strip()
+    block = re.search(r"EP Error (.+?)(?: when using|$)", printed, re.S)
+    if block:
+        return " ".join(block.group(1).split())[-300:]
+    return "no reason given"
 
 
 def gpu_requirements() -> str:

@@ -191,3 +191,21 @@ def test_the_batch_worker_scores_on_cuda_as_on_the_cpu():
                 np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
             else:
                 assert got[key] == value, key
+
+
+def test_a_gpu_that_cannot_start_is_one_error_in_cudas_words():
+    """No GPU visible (a pod without its nvidia.com/gpu): onnxruntime's printed fallback block
+    becomes one line of our error, with CUDA's reason."""
+    code = (
+        "import inference\n"
+        "inference.load('models/iris', options=inference.RuntimeOptions(providers=('cuda',)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "EP Error" not in done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("inference.errors.ProviderUnavailableError"), done.stderr
+    assert "could not start CUDAExecutionProvider (no CUDA-capable device is detected)" in last
