@@ -7,28 +7,30 @@ Two onnxruntime defaults hurt in production and are overridden here:
 - Asking for CUDA where it cannot load silently falls back to the CPU. We refuse instead, unless
   the caller allowed the fallback.
 
-One more step makes the `gpu` extra work without setting `LD_LIBRARY_PATH`: CUDA and cuDNN come
-as NVIDIA's pip wheels, which the dynamic loader does not search, so they are loaded by
-onnxruntime's own `preload_dlls` before the first CUDA session.
+What a GPU needs beyond that (its libraries, the errors that say what is missing) is in
+`inference.gpu`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import onnxruntime as ort
 
 from inference.errors import BundleError, ProviderUnavailableError
+from inference.gpu import (
+    gpu_requirements,
+    install_hint,
+    load_gpu_libraries,
+    provider_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+GPU_PROVIDERS = (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
 
 
 @dataclass(frozen=True)
@@ -123,46 +126,6 @@ def resolve_providers(requested: Sequence[str], allow_cpu_fallback: bool) -> lis
     return chosen
 
 
-def install_hint() -> str:
-    """How to get a GPU build, naming the usual mistake: both builds installed at once."""
-    installed = set()
-    for name in ("onnxruntime", "onnxruntime-gpu"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            metadata.version(name)
-            installed.add(name)
-    if installed == {"onnxruntime", "onnxruntime-gpu"}:
-        return (
-            "onnxruntime and onnxruntime-gpu are both installed and share one package folder, "
-            "where the CPU build's files won: run `pip uninstall -y onnxruntime onnxruntime-gpu` "
-            "and then `pip install 'onnxruntime-gpu[cuda,cudnn]>=1.28,<2'`"
-        )
-    return "install the 'gpu' extra as the README says, or allow the fallback to CPU"
-
-
-GPU_PROVIDERS = (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
-
-
-@functools.cache
-def load_gpu_libraries() -> None:
-    """Load CUDA and cuDNN from NVIDIA's pip wheels (`onnxruntime-gpu[cuda,cudnn]`), once.
-
-    Libraries that are not there are left to the system's loader paths (a CUDA base image);
-    if they are missing there too, the session's own check names the provider that did not
-    start. onnxruntime prints what it could not load: that goes to the debug log instead.
-    """
-    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu 1.21 and later
-    if preload is None:
-        return
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        try:
-            preload()
-        except Exception as e:  # a loader error here only means: rely on the system paths
-            log.debug("onnxruntime.preload_dlls failed: %s", e)
-    if printed.getvalue().strip():
-        log.debug("onnxruntime.preload_dlls: %s", " ".join(printed.getvalue().split()))
-
-
 def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads or available_cpus()
@@ -209,29 +172,3 @@ def build_session(model_path: Path, options: RuntimeOptions) -> ort.InferenceSes
             )
         log.warning("%s: %s did not start (%s); running on the CPU", model_path, missing, reason)
     return session
-
-
-def provider_failure(printed: str) -> str:
-    """The cause in onnxruntime's printed "EP Error" block, in a line (CUDA's own words)."""
-    cuda = re.search(r"CUDA failure \d+: ([^;\n]+)", printed)
-    if cuda:
-        return cuda.group(1).strip()
-    block = re.search(r"EP Error (.+?)(?: when using|$)", printed, re.S)
-    if block:
-        return " ".join(block.group(1).split())[-300:]
-    return "no reason given"
-
-
-def gpu_requirements() -> str:
-    """What this onnxruntime build needs to run on a GPU, for the error that says it cannot."""
-    try:
-        from onnxruntime.capi import build_and_package_info as build
-
-        cuda = str(getattr(build, "cuda_version", "") or "")
-    except ImportError:
-        cuda = ""
-    needs = f"CUDA {cuda.split('.')[0]}.x" if cuda else "CUDA"
-    return (
-        f"This onnxruntime needs a visible NVIDIA GPU with {needs} and cuDNN 9 libraries: "
-        "install the 'gpu' extra, which brings them as NVIDIA's wheels, or use a CUDA base image"
-    )
