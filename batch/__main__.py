@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inference.resolve_bundle_dir(args.model, args.version)  # fail before starting Spark
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        check_provider_names(providers)
         if local_master(args.master):  # the executors are this machine: ask it now
             resolve_providers(providers, args.allow_cpu_fallback)
+        else:  # only the executors can tell whether they have these; names are checked here
+            check_provider_names(providers)
         spark = spark_session(args.master)
         report = run(
             spark,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -95,8 +94,14 @@ def prepare(
     them (a GPU driver, the `gpu` extra) only they can tell, and their error names it."""
     check_provider_names(providers)
     bundle = inference.load(model, version=version)
-    spec = scoring_spec(spark, bundle, outputs, features_column)
-    spec = replace(spec, providers=tuple(providers), allow_cpu_fallback=allow_cpu_fallback)
+    spec = scoring_spec(
+        spark,
+        bundle,
+        outputs,
+        features_column,
+        providers=providers,
+        allow_cpu_fallback=allow_cpu_fallback,
+    )
     _check_input(schema, spec)
     names = set(schema.fieldNames())
     clash = sorted(names & {column.name for column in output_layout(spec, prefix)})
@@ -141,6 +146,9 @@ def scoring_spec(
     model: inference.Model,
     outputs: Sequence[str] | None,
     features_column: str | None,
+    *,
+    providers: Sequence[str] = ("cpu",),
+    allow_cpu_fallback: bool = False,
 ) -> ScoringSpec:
     known = [o.name for o in model.metadata.outputs]
     unknown = [n for n in outputs or [] if n not in known]
@@ -152,6 +160,8 @@ def scoring_spec(
         features_column,
         shipped_name=ship(spark, model.path, model.metadata.onnx.sha256),
         threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
+        providers=providers,
+        allow_cpu_fallback=allow_cpu_fallback,
     )
 
 

@@ -1,10 +1,10 @@
 """What runs inside Spark's Python workers: one cached session, Arrow batches in, a struct out.
 
 The session is cached at module level, keyed by the bundle's sha256, the thread count, the
-providers and the task's GPU, so a
-Python worker builds it once and reuses it for every partition and every job that scores the
-same bundle. It is never rebuilt per row, per batch or per partition. The bundle folder reaches
-executors through `SparkContext.addFile`, not through the pickled closure.
+providers and the task's GPU, so a Python worker builds it once and reuses it for every
+partition and every job that scores the same bundle. It is never rebuilt per row, per batch or
+per partition. The bundle folder reaches executors through `SparkContext.addFile`, not through
+the pickled closure.
 """
 
 from __future__ import annotations
