@@ -206,7 +206,7 @@ def score_arrays(
     mask = pa.array(bad) if bad is not None else None
     # Bad rows hold zeros: scoring them costs less than copying the good ones out; their
     # outputs are masked to null below.
-    outputs = model.run(features.matrix, list(spec.outputs)).outputs if n else {}
+    outputs = model.outputs(features.matrix, list(spec.outputs)) if n else {}
     columns: list[pa.Array] = []
     for name, width in zip(spec.outputs, spec.widths, strict=True):
         value = outputs.get(name)

@@ -101,9 +101,9 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """One `session.run`, timed (on the event loop or in the executor)."""
         start = time.perf_counter()
-        prediction = model.run(matrix, outputs)
+        result = model.outputs(matrix, outputs)
         self.metrics.observe_inference(model.name, model.version, time.perf_counter() - start)
-        return prediction.outputs
+        return result
 
     def _batcher(self, model: inference.Model) -> Batcher | None:
         """The model version's adaptive batcher, made on its first request; None when off."""

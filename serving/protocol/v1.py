@@ -21,7 +21,7 @@ from inference import inputs
 from serving.errors import BadRequest
 from serving.metrics import note_model
 from serving.protocol import ERRORS, dataplane, document_body
-from serving.protocol.codec import JSON_HEADERS, EncodedResponse, parse_json, split_body
+from serving.protocol.codec import EncodedResponse, parse_json, split_body
 from serving.schemas import ModelStatus, PredictResponse
 
 router = APIRouter(tags=["friendly v1"], responses=ERRORS)
@@ -75,7 +75,7 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
         "model_version": str(model.version),
         "predictions": format_predictions(outputs, model.metadata),
     }
-    return EncodedResponse(orjson.dumps(answer), JSON_HEADERS)
+    return EncodedResponse(orjson.dumps(answer))
 
 
 def status(request: Request, name: str) -> JSONResponse:

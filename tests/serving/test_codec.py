@@ -1,0 +1,119 @@
+"""The v2 codec's plain path: what it takes, it decodes exactly as the full validation does.
+
+`decode_request` decodes the common request (one JSON tensor, no parameters, no outputs) by hand
+and leaves everything else to pydantic's validation; the HTTP tests in test_v2.py check the
+errors, these check that the two paths can never disagree.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+import inference
+from serving.errors import BadRequest
+from serving.protocol import codec
+from tests.conftest import MODELS
+
+META = inference.load(MODELS / "iris").metadata
+SIGNATURE = META.input
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def tensor(data: Any, shape: Any = None, **extra: Any) -> dict[str, Any]:
+    shape = shape if shape is not None else list(np.shape(data))
+    return {"name": SIGNATURE.name, "datatype": "FP32", "shape": shape, "data": data, **extra}
+
+
+def full_path(document: Any) -> codec.DecodedRequest:
+    return codec._validated_request(document, b"", META)
+
+
+TAKEN = {
+    "flat": {"inputs": [tensor(ROW, [1, 4])]},
+    "nested": {"inputs": [tensor([ROW, ROW])]},
+    "integers": {"inputs": [tensor([[5, 3, 1, 0]])]},
+    "with an id": {"id": "42", "inputs": [tensor([ROW])]},
+    "extra keys": {"model_name": "iris", "inputs": [tensor([ROW], x_note="kept out")]},
+    "null id": {"id": None, "inputs": [tensor([ROW])]},
+    "empty batch": {"inputs": [tensor([], [0, 4])]},
+    "large and small values": {"inputs": [tensor([[1e-40, -3e38, 3.4e38, 0.0]])]},
+}
+
+
+@pytest.mark.parametrize("document", TAKEN.values(), ids=TAKEN.keys())
+def test_what_the_plain_path_takes_equals_the_full_validation(document: dict[str, Any]):
+    plain = codec._plain_request(document, SIGNATURE)
+    assert plain is not None
+    full = full_path(document)
+    assert (plain.id, plain.outputs, plain.binary_flags, plain.binary_default) == (
+        full.id,
+        full.outputs,
+        full.binary_flags,
+        full.binary_default,
+    )
+    assert plain.inputs.keys() == full.inputs.keys()
+    for name, array in plain.inputs.items():
+        assert array.dtype == full.inputs[name].dtype == np.float32
+        assert array.shape == full.inputs[name].shape
+        np.testing.assert_array_equal(array, full.inputs[name])
+
+
+LEFT = {
+    "a number as id": {"id": 42, "inputs": [tensor([ROW])]},
+    "parameters": {"parameters": {"binary_data_output": True}, "inputs": [tensor([ROW])]},
+    "outputs": {"inputs": [tensor([ROW])], "outputs": [{"name": "scores"}]},
+    "tensor parameters": {"inputs": [tensor([ROW], parameters={"x": 1})]},
+    "two inputs": {"inputs": [tensor([ROW]), tensor([ROW])]},
+    "no inputs": {"inputs": []},
+    "inputs not a list": {"inputs": tensor([ROW])},
+    "wrong name": {"inputs": [{**tensor([ROW]), "name": "x"}]},
+    "wrong datatype": {"inputs": [{**tensor([ROW]), "datatype": "FP64"}]},
+    "a float in the shape": {"inputs": [tensor([ROW], [1.0, 4])]},
+    "a string in the shape": {"inputs": [tensor([ROW], ["1", 4])]},
+    "a bool in the shape": {"inputs": [tensor([ROW], [True, 4])]},
+    "negative shape": {"inputs": [tensor([ROW], [-1, 4])]},
+    "shape not the model's": {"inputs": [tensor([ROW[:2], ROW[:2]])]},
+    "shape of another rank": {"inputs": [tensor(ROW, [4])]},
+    "too few values": {"inputs": [tensor(ROW[:3], [1, 4])]},
+    "booleans": {"inputs": [tensor([[True, False, True, False]])]},
+    "strings": {"inputs": [tensor([["5.1", "3.5", "1.4", "0.2"]])]},
+    "null values": {"inputs": [tensor([[None, 3.5, 1.4, 0.2]])]},
+    "ragged": {"inputs": [tensor([ROW, ROW[:3]], [2, 4])]},
+    "data not a list": {"inputs": [tensor(5.1, [1, 4])]},
+    "no data": {"inputs": [{k: v for k, v in tensor([ROW]).items() if k != "data"}]},
+    "not an object": [tensor([ROW])],
+}
+
+
+@pytest.mark.parametrize("document", LEFT.values(), ids=LEFT.keys())
+def test_everything_else_is_left_to_the_full_validation(document: Any):
+    assert codec._plain_request(document, SIGNATURE) is None
+
+
+@pytest.mark.parametrize("count", [1, codec.SMALL, codec.SMALL + 4])
+def test_a_float_too_large_for_fp32_becomes_infinity_without_a_warning(count: int):
+    values = np.full((1, count), 1.0)
+    values[0, -1] = -1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cast = codec._cast(values, np.dtype(np.float32))
+    assert cast.dtype == np.float32
+    assert np.isneginf(cast[0, -1]) and (cast[0, :-1] == 1.0).all()
+
+
+def test_decode_request_takes_the_plain_path_and_the_full_one_alike():
+    plain = orjson.dumps({"inputs": [tensor([ROW])]})
+    full = orjson.dumps({"inputs": [tensor([ROW])], "outputs": [{"name": "scores"}]})
+    for header, outputs in ((plain, None), (full, ["scores"])):
+        decoded = codec.decode_request(codec.Body(header, b""), META)
+        assert decoded.outputs == outputs
+        np.testing.assert_array_equal(decoded.inputs[SIGNATURE.name], np.float32([ROW]))
+    with pytest.raises(BadRequest, match="'data' must hold FP32 numbers, got booleans"):
+        codec.decode_request(
+            codec.Body(orjson.dumps({"inputs": [tensor([[True] * 4])]}), b""), META
+        )
