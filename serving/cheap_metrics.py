@@ -33,9 +33,11 @@ class HistogramChild:
 
     def observe(self, value: float) -> None:
         index = bisect_left(self._bounds, value)  # buckets are "less than or equal"
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
+        lock = self._lock
+        lock.acquire()  # not `with`: it costs more than the rest, and nothing here can raise
+        self._counts[index] += 1
+        self._sum += value
+        lock.release()
 
     def snapshot(self) -> tuple[list[int], float]:
         with self._lock:
@@ -50,8 +52,10 @@ class CounterChild:
         self._lock = threading.Lock()
 
     def inc(self, amount: float = 1.0) -> None:
-        with self._lock:
-            self._value += amount
+        lock = self._lock
+        lock.acquire()
+        self._value += amount
+        lock.release()
 
     @property
     def value(self) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inference import InvalidInputError
+from serving.dataplane import DataPlane
 from serving.errors import (
     PayloadTooLarge,
     ServingError,
@@ -73,13 +74,43 @@ def match(scope: Scope) -> bool:
     return False
 
 
+class HotHeaders(Mapping[str, str]):
+    """The request's headers as a read-only mapping of lower-case names, decoded on look-up:
+    the handlers read two or three of them, and decoding all (clients send six to ten) costs
+    more than finding those few in the raw list."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]):
+        self._raw = raw
+
+    def get(self, key: str, default: Any = None) -> Any:
+        name = key.lower().encode("latin-1")
+        for k, v in self._raw:
+            if k == name:
+                return v.decode("latin-1")
+        return default
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return str(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode("latin-1") for k, _ in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
 class HotRequest:
     """What the hot handlers read of a request (`app`, `headers`, `state`, `body()`), as a plain
     object: building and reading Starlette's `Request` cost more than a small model's run."""
 
     __slots__ = ("_body", "app", "headers", "state")
 
-    def __init__(self, app: Any, headers: dict[str, str], body: bytes, state: SimpleNamespace):
+    def __init__(self, app: Any, headers: HotHeaders, body: bytes, state: SimpleNamespace):
         self.app = app
         self.headers = headers
         self.state = state
@@ -135,7 +166,7 @@ class HotStack:
         params = scope["path_params"]
         try:
             body = await read_body(receive, self.limit)
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            headers = HotHeaders(scope["headers"])
             request = cast(Request, HotRequest(scope["app"], headers, body, state))
             return await route.handler(request, params["name"], params.get("version"))
         except ClientDisconnect:
@@ -167,6 +198,8 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 class ServingApp(FastAPI):
     """FastAPI, except that hot routes bypass its middleware stack for `hot_stack`."""
 
+    dataplane: DataPlane
+    """What every route serves from (set by `create_app`)."""
     hot_stack: ASGIApp
     """The hot routes' `HotStack` (set by `create_app`)."""
 

@@ -21,7 +21,8 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384, 65536)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._children: dict[tuple[int, str, int], Any] = {}
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "serving_requests",
@@ -85,33 +86,41 @@ class Metrics:
 
     def observe_inference(self, model: str, version: int, seconds: float) -> None:
         """One `session.run` (a request's rows, or a merged batch's)."""
-        self._child(self.inference_seconds, model, str(version)).observe(seconds)
+        self._child(self.inference_seconds, model, version).observe(seconds)
 
     def observe_request_rows(self, model: str, version: int, rows: int) -> None:
-        self._child(self.rows, model, str(version)).observe(rows)
+        self._child(self.rows, model, version).observe(rows)
 
     def observe_batch(self, model: str, version: int, rows: int, requests: int) -> None:
         """One merged run of the adaptive batcher."""
-        self._child(self.batch_rows, model, str(version)).observe(rows)
-        self._child(self.batch_requests, model, str(version)).observe(requests)
+        self._child(self.batch_rows, model, version).observe(rows)
+        self._child(self.batch_requests, model, version).observe(requests)
 
     def observe_queue(self, model: str, version: int, seconds: float) -> None:
         """How long one request waited in the batcher's queue."""
-        self._child(self.queue_seconds, model, str(version)).observe(seconds)
+        self._child(self.queue_seconds, model, version).observe(seconds)
 
     def observe_request(
         self, model: str, version: str, endpoint: str, status: int, seconds: float
     ) -> None:
-        self._child(self.requests, model, version, endpoint, str(status)).inc()
-        self._child(self.request_seconds, model, version, endpoint).observe(seconds)
+        key = (model, version, endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(model, version, endpoint, str(status)),
+                self.request_seconds.labels(model, version, endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, cached: prometheus_client's own look-up costs microseconds
-        per call on the hot path. Label values are bounded (models, versions, routes, status)."""
-        key = (id(metric), *labels)
+    def _child(self, metric: Any, model: str, version: int) -> Any:
+        """`metric.labels(model, str(version))`, cached: prometheus_client's own look-up (and
+        even `str(version)`) costs more per call than the observation. Label values are bounded
+        (models and versions)."""
+        key = (id(metric), model, version)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._children[key] = metric.labels(model, str(version))
         return child
 
     def model_loaded(self, model: str, version: int, seconds: float) -> None:

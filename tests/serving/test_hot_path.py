@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+
+import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.datastructures import Headers
 
-from serving.hot_path import ROUTES
+from serving.hot_path import ROUTES, HotHeaders
 from serving.protocol import v1, v2
 
 
@@ -28,3 +32,34 @@ def test_lookalike_paths_fall_through_to_fastapi(client: TestClient):
     assert client.post("/v2/models/iris/infer/extra").json() == {"error": "Not Found"}
     assert client.get("/v2/models/iris/infer").status_code == 405
     assert client.post("/v1/models/iris:predictx").status_code == 405  # the GET status route's path
+
+
+def test_hot_headers_read_like_starlettes():
+    raw = [(b"host", b"a"), (b"content-type", b"application/json"), (b"x-k", b"1"), (b"x-k", b"2")]
+    headers = HotHeaders(raw)
+    reference = Headers(raw=raw)
+    for name in ("Content-Type", "content-type", "x-k", "missing"):
+        assert headers.get(name) == reference.get(name)
+    assert headers.get("missing", "") == ""
+    assert headers["x-k"] == reference["x-k"] == "1"
+    with pytest.raises(KeyError):
+        headers["missing"]
+    assert list(headers) == ["host", "content-type", "x-k", "x-k"]
+    assert len(headers) == 4
+
+
+def test_a_request_with_many_headers_reads_its_own(client: TestClient):
+    extra = {f"x-filler-{i}": "v" for i in range(20)}
+    body = b'{"instances": [{"age": 70}]}'
+    gzipped = gzip.compress(body)
+    answer = client.post(
+        "/v1/models/side_effects:predict",
+        content=gzipped,
+        headers={
+            **extra,
+            "Content-Type": "Application/JSON; charset=utf-8",
+            "Content-Encoding": "gzip",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["label"] == "side_effects"
