@@ -60,9 +60,6 @@ class DecodedRequest:
     """Outputs whose request said `binary_data` explicitly; the others follow the default."""
     binary_default: bool
 
-    def is_binary(self, output: str) -> bool:
-        return self.binary_flags.get(output, self.binary_default)
-
 
 def split_body(raw: bytes, headers: Mapping[str, str], limit: int) -> Body:
     """Check the content type, undo the content encoding, split JSON header and binary part."""
