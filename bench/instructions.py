@@ -1,0 +1,162 @@
+"""Instructions per request inside the app, counted by callgrind: for changes of a few µs.
+
+    .venv/bin/python bench/instructions.py              # needs valgrind (apt-get install valgrind)
+    .venv/bin/python bench/instructions.py --requests 500 v2-side_effects fastapi
+
+Wall-clock timings of one request drift by up to 2x between runs on a small VM, so a change of
+a few µs cannot be judged by them; instruction counts repeat within 0.5%. Each case runs the
+ASGI app in a loop without sockets (no uvicorn, no kernel): `functools.reduce` drives each
+request's coroutine to completion, and callgrind counts only what runs inside that reduce
+(`--toggle-collect=functools_reduce`), so start-up, model loads and warm-up are left out.
+Under valgrind a model's warm-up measures runs ~50x slower, so the app is built with a high
+`inline_max_us`, to run on the event loop as it does at full speed. Fewer instructions is not
+always less time (onnxruntime's C++ runs at fewer instructions per cycle than CPython's loop):
+confirm a change with `bench/serving_bench.py`. Results replace the instructions section of
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Coroutine
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, machine, to_json, write_section
+from bench.serving_bench import make_repository, v2_body
+
+ROW = [0.01 * i for i in range(256)]
+V1_ONE = to_json({"instances": [{"age": 70}]})
+CASES: dict[str, tuple[str, bytes]] = {
+    "fastapi": ("/", V1_ONE),
+    "v1-side_effects": ("/v1/models/side_effects:predict", V1_ONE),
+    "v2-side_effects": ("/v2/models/side_effects/infer", v2_body([70.0])),
+    "v1-wide": ("/v1/models/wide:predict", to_json({"instances": [ROW]})),
+    "v2-wide": ("/v2/models/wide/infer", v2_body(ROW)),
+}
+DESCRIPTIONS = {
+    "fastapi": "FastAPI endpoint returning a constant (bench/floor_apps.py)",
+    "v1-side_effects": "v1 predict, side_effects, one row",
+    "v2-side_effects": "v2 infer (JSON), side_effects, one row",
+    "v1-wide": "v1 predict, wide model, one row of 256",
+    "v2-wide": "v2 infer (JSON), wide model, one row of 256",
+}
+
+
+def drive(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never has to wait (the hot routes, inline) to its end."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the request waited on something: it did not run inline")
+
+
+async def count(case: str, repo: Path, requests: int) -> None:
+    """The measured part (run under callgrind by `main`)."""
+    from bench.floor_apps import fastapi_app
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    path, body = CASES[case]
+    ours = create_app(Settings.load(repo=str(repo), log_level="warning", inline_max_us=1e9))
+    app: Any = fastapi_app if case == "fastapi" else ours
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    scope = {
+        "type": "http", "method": "POST", "path": path, "headers": headers,
+        "query_string": b"", "root_path": "", "app": app,
+    }  # fmt: skip
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    lifespan = nullcontext() if app is fastapi_app else ours.router.lifespan_context(ours)
+    async with lifespan:
+        while app is ours and not ours.dataplane.ready:
+            await asyncio.sleep(0.05)
+        for _ in range(20):  # first requests build caches
+            drive(app(dict(scope), receive, send))
+        functools.reduce(
+            lambda _, __: drive(app(dict(scope), receive, send)), range(requests), None
+        )
+    if set(statuses) != {200}:
+        raise RuntimeError(f"{case}: statuses {sorted(set(statuses))}, expected 200 only")
+
+
+def callgrind(case: str, repo: Path, requests: int) -> int:
+    """Instructions per request of one case."""
+    command = [
+        "valgrind", "--tool=callgrind", "--collect-atstart=no",
+        "--toggle-collect=functools_reduce", "--callgrind-out-file=/dev/null",
+        sys.executable, __file__, "--measure", case, "--repo", str(repo),
+        "--requests", str(requests),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{case}: callgrind failed:\n{done.stderr[-2000:]}")
+    return round(int(found.group(1)) / requests)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="*", help=f"some of: {', '.join(CASES)} (default: all)")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        asyncio.run(count(args.measure, args.repo, args.requests))
+        return
+    cases = args.cases or list(CASES)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        sys.exit(f"unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}")
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed: apt-get install valgrind")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as folder:
+        repo = make_repository(Path(folder))
+        counts = {}
+        for case in cases:
+            counts[case] = callgrind(case, repo, args.requests)
+            print(f"{case:18} {counts[case]:>10,} instructions per request", flush=True)
+    base = counts.get("fastapi")
+    rows = "\n".join(
+        f"| {DESCRIPTIONS[c]} | {n / 1000:,.0f}k | " + (f"{n / base:.2f}× |" if base else " |")
+        for c, n in counts.items()
+    )
+    command = f"python bench/instructions.py --requests {args.requests} {' '.join(args.cases)}"
+    text = f"""## Instructions per request (callgrind)
+
+`{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}.
+The ASGI app called in a loop, no sockets; counts of the requests alone, averaged over
+{args.requests}. Fewer instructions is not always less time: confirm with the serving benchmark.
+
+| request | instructions | vs FastAPI constant |
+| --- | --- | --- |
+{rows}
+"""
+    write_section("instructions", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
