@@ -169,8 +169,9 @@ def _direct_run(session: ort.InferenceSession) -> Any:
     the feed's names against the graph on every call, reading each input's name and type
     through pybind: that costs a sixth of a small model's run, and our one input is checked
     against the graph once, at load (`verify_signature`). The wrapper also retries on the CPU
-    when a GPU provider fails mid-run; we let the error through instead, as `build_session`
-    refuses a silent fallback. Where onnxruntime's internals differ, the public `run` it is."""
+    when a GPU provider fails mid-run, swapping `_sess` for a CPU one; `build_session` turns
+    that fallback off, so the bound `run` stays the session's own. Where onnxruntime's internals
+    differ, the public `run` it is."""
     inner = getattr(session, "_sess", None)
     run = getattr(inner, "run", None)
     if callable(run):

@@ -162,6 +162,7 @@ def build_session(model_path: Path, options: RuntimeOptions) -> ort.InferenceSes
             )
     except Exception as e:  # onnxruntime raises its own untyped errors for a bad graph
         raise BundleError(f"{model_path}: onnxruntime cannot load this model: {e}") from e
+    session.disable_fallback()  # a provider failing mid-run is an error, never a silent CPU run
     missing = [p for p in providers if p not in session.get_providers()]
     if missing:
         reason = provider_failure(printed.getvalue())

@@ -147,6 +147,8 @@ def _validated_request(document: Any, binary: bytes, metadata: BundleMetadata) -
         request = InferenceRequest.model_validate(document)
     except ValidationError as e:
         raise BadRequest(f"invalid inference request: {describe_problems(e.errors())}") from e
+    if request.id is not None and not _is_unicode(request.id):
+        raise BadRequest("'id' is not valid Unicode text (it holds a lone surrogate escape)")
     parameters = request.parameters or {}
     if "classification" in parameters:
         raise BadRequest("the classification extension is not supported; read 'scores'")
@@ -161,6 +163,16 @@ def _validated_request(document: Any, binary: bytes, metadata: BundleMetadata) -
     )
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string with lone surrogates (which JSON's escapes allow), which no response
+    could echo."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _plain_request(document: Any, signature: InputInfo) -> DecodedRequest | None:
     """The common request (one JSON tensor that fits the model, no parameters, no outputs),
     checked by hand; None for anything else, which the full path then accepts or refuses with
@@ -170,7 +182,9 @@ def _plain_request(document: Any, signature: InputInfo) -> DecodedRequest | None
         return None
     request_id = document.get("id")
     inputs = document.get("inputs")
-    if (request_id is not None and type(request_id) is not str) or type(inputs) is not list:
+    if request_id is not None and (type(request_id) is not str or not request_id.isascii()):
+        return None
+    if type(inputs) is not list:
         return None
     if len(inputs) != 1 or type(tensor := inputs[0]) is not dict or "parameters" in tensor:
         return None
@@ -347,7 +361,7 @@ def encode_response(
                 "name": name,
                 "datatype": datatypes[name],
                 "shape": list(array.shape),
-                "data": array if array.ndim == 1 else array.ravel(),
+                "data": array if array.ndim == 1 and array.flags.c_contiguous else array.ravel(),
             })  # fmt: skip
     document = {
         "model_name": metadata.name,

@@ -65,6 +65,7 @@ def test_what_the_plain_path_takes_equals_the_full_validation(document: dict[str
 
 LEFT = {
     "a number as id": {"id": 42, "inputs": [tensor([ROW])]},
+    "an id beyond ASCII": {"id": "été", "inputs": [tensor([ROW])]},
     "parameters": {"parameters": {"binary_data_output": True}, "inputs": [tensor([ROW])]},
     "outputs": {"inputs": [tensor([ROW])], "outputs": [{"name": "scores"}]},
     "tensor parameters": {"inputs": [tensor([ROW], parameters={"x": 1})]},
@@ -117,3 +118,14 @@ def test_decode_request_takes_the_plain_path_and_the_full_one_alike():
         codec.decode_request(
             codec.Body(orjson.dumps({"inputs": [tensor([[True] * 4])]}), b""), META
         )
+
+
+def test_outputs_of_any_layout_encode_flat():
+    decoded = codec.decode_request(codec.Body(orjson.dumps({"inputs": [tensor([ROW])]}), b""), META)
+    strided = np.arange(6, dtype=np.int64)[::2]
+    transposed = np.arange(6, dtype=np.float32).reshape(2, 3).T
+    body, _ = codec.encode_response({"class_index": strided, "scores": transposed}, META, decoded)
+    outputs = {o["name"]: o for o in orjson.loads(body)["outputs"]}
+    assert outputs["class_index"]["data"] == [0, 2, 4]
+    assert outputs["scores"]["shape"] == [3, 2]
+    assert outputs["scores"]["data"] == [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]

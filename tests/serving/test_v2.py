@@ -85,6 +85,15 @@ def test_unknown_models_and_versions(client: TestClient, path: str, status: int,
     assert message in response.json()["error"]
 
 
+def test_an_id_in_any_script_comes_back_and_a_lone_surrogate_is_refused(client: TestClient):
+    answer = post(client, {"id": "essai-été-试验", "inputs": [tensor([[70.0]])]})
+    assert answer.status_code == 200 and answer.json()["id"] == "essai-été-试验"
+    raw = b'{"id": "\\ud800", "inputs": [' + orjson.dumps(tensor([[70.0]])) + b"]}"
+    refused = client.post(INFER, content=raw)
+    assert refused.status_code == 400
+    assert "'id' is not valid Unicode text" in refused.json()["error"]
+
+
 @pytest.mark.parametrize("nested", [True, False])
 def test_infer_equals_in_process(client: TestClient, nested: bool):
     data = AGES.tolist() if nested else AGES.ravel().tolist()
