@@ -40,7 +40,7 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
     )
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ServingApp:
     metrics = Metrics()
     repository = ModelRepository(
         settings.repo,
@@ -69,8 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Open Inference Protocol v2 and a friendly v1 API over ONNX model bundles.",
         lifespan=lifespan,
     )
-    app.state.dataplane = plane
-    app.dataplane = plane  # the same, read faster: `State` finds it only after a miss
+    app.dataplane = plane  # an attribute, not `app.state`: `State` finds it only after a miss
     for router in (health.router, v2.router, repository_api.router, v1.router):
         app.include_router(router)
 
@@ -96,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> ServingApp:
     """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars."""
     return create_app(Settings.load())
 

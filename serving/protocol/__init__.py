@@ -25,7 +25,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def dataplane(request: Request) -> DataPlane:
-    plane: DataPlane = request.app.dataplane  # set by create_app, as app.state.dataplane
+    plane: DataPlane = request.app.dataplane  # set by create_app
     return plane
 
 

@@ -40,6 +40,13 @@ DTYPES: dict[str, np.dtype[Any]] = {
     }.items()
 }  # fmt: skip
 JSON_TYPES = frozenset({"application/json", "application/octet-stream", ""})
+JSON_KINDS = {
+    name: "b" if name == "BOOL" else "iuf" if name.startswith("FP") else "iu"
+    for name in DTYPES
+    if name != "FP16"
+}
+"""The datatypes a tensor may send as JSON `data` (not FP16 or BYTES), with the numpy kinds
+its values may have."""
 FP32_MAX = float(np.finfo(np.float32).max)
 SMALL = 16
 """Up to this many values, a range check in Python costs less than numpy's `errstate`."""
@@ -199,7 +206,7 @@ def _plain_tensor(tensor: dict[str, Any], signature: InputInfo) -> np.ndarray | 
     if (
         tensor.get("name") != signature.name
         or datatype != signature.datatype
-        or datatype not in PLAIN_KINDS
+        or datatype not in JSON_KINDS
         or type(data) is not list
         or type(shape) is not list
         or len(shape) != len(signature.shape)
@@ -213,13 +220,9 @@ def _plain_tensor(tensor: dict[str, Any], signature: InputInfo) -> np.ndarray | 
         values = np.asarray(data)
     except ValueError:
         return None
-    if values.dtype.kind not in PLAIN_KINDS[datatype] or values.size != math.prod(shape):
+    if values.dtype.kind not in JSON_KINDS[datatype] or values.size != math.prod(shape):
         return None
     return _cast(values.reshape(shape), DTYPES[datatype])
-
-
-PLAIN_KINDS = {"FP32": "iuf", "FP64": "iuf", "INT32": "iu", "INT64": "iu"}
-"""The datatypes the plain path takes, with the numpy kinds their JSON values may have."""
 
 
 def _cast(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
@@ -269,14 +272,14 @@ def _from_json(tensor: RequestInput) -> np.ndarray:
     name, datatype, shape, data = tensor.name, tensor.datatype, tensor.shape, tensor.data
     if data is None:
         raise BadRequest(f"input {name!r}: 'data' is missing (and no binary_data_size is given)")
-    if datatype in ("BYTES", "FP16"):
+    kinds = JSON_KINDS.get(datatype)
+    if kinds is None:
         raise BadRequest(f"input {name!r}: datatype {datatype} is not accepted as JSON data")
     try:
         values = np.asarray(data)
     except ValueError as e:  # ragged nesting
         raise BadRequest(f"input {name!r}: 'data' is not a regular array: {e}") from e
-    wanted = "b" if datatype == "BOOL" else "iuf" if datatype.startswith("FP") else "iu"
-    if values.size and values.dtype.kind not in wanted:
+    if values.size and values.dtype.kind not in kinds:
         kind = {"U": "strings", "O": "mixed values or null", "b": "booleans", "f": "fractions"}
         got = kind.get(values.dtype.kind, values.dtype.name)
         raise BadRequest(f"input {name!r}: 'data' must hold {datatype} numbers, got {got}")

@@ -20,7 +20,7 @@ from serving.settings import Settings
 from tests.conftest import MODELS
 
 app = create_app(Settings(repo=MODELS))
-app.state.dataplane.load_all()  # what the lifespan does, so that the fuzzer meets loaded models
+app.dataplane.load_all()  # what the lifespan does, so that the fuzzer meets loaded models
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 CHECKS = [
@@ -71,4 +71,4 @@ def test_docs_page_is_served():
 @pytest.fixture(autouse=True, scope="module")
 def _shutdown():  # type: ignore[no-untyped-def]
     yield
-    app.state.dataplane.close()
+    app.dataplane.close()
