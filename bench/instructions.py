@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import re
 import shutil
 import subprocess
@@ -131,7 +130,6 @@ def main() -> None:
         sys.exit(f"unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed: apt-get install valgrind")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as folder:
         repo = make_repository(Path(folder))
         counts = {}
