@@ -123,9 +123,15 @@ def run_in_processes(
 def _in_one_pool(jobs: Sequence[TrialJob], parallelism: int, done: OnDone) -> list[TrialJob]:
     """Every trial in one pool; returns those that a dead worker took down with it."""
     lost: list[TrialJob] = []
+    futures: dict[Future[TrialResult], TrialJob] = {}
     with _pool(parallelism) as pool:
         with _workers_ignore_interrupts():  # the workers start on submit
-            futures = {pool.submit(run_trial, job): job for job in jobs}
+            for queued, job in enumerate(jobs):
+                try:
+                    futures[pool.submit(run_trial, job)] = job
+                except BrokenProcessPool:  # a worker died while the rest were being queued
+                    lost.extend(jobs[queued:])
+                    break
         try:
             for future in as_completed(futures):
                 if isinstance(future.exception(), BrokenProcessPool):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pyspark.sql import SparkSession
 import inference
 from tests.conftest import SpecWriter
 from tests.training.helpers import held_out_accuracy
-from training import SpecError, leaderboard, load_spec
+from training import SpecError, leaderboard, load_spec, trials
 from training.__main__ import main
 from training.search import SearchError, plan, search
 from training.trials import Trial, TrialResult
@@ -322,6 +323,41 @@ def test_a_worker_that_dies_fails_its_own_trial_only(make_spec: SpecWriter):
     assert found.table[1]["error"] == "its process died: killed, out of memory, or crashed"
     assert found.train.bundle == folder / "1"
     assert read_leaderboard(folder / "1")[1]["status"] == "failed"
+
+
+class _KillsItsFirstWorker(ProcessPoolExecutor):
+    """A pool whose worker is killed right after the first trial is queued, before the next:
+    the race that a worker dying early (out of memory at start-up) leaves to chance."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        future = super().submit(fn, *args, **kwargs)
+        if not getattr(self, "killed", False):
+            self.killed = True
+            for child in multiprocessing.active_children():
+                os.kill(child.pid or 0, signal.SIGKILL)
+            future.exception()  # returns once the pool knows it is broken
+        return future
+
+
+def test_a_worker_that_dies_while_trials_are_queued_loses_none(
+    make_spec: SpecWriter, monkeypatch: pytest.MonkeyPatch
+):
+    real, made = trials._pool, []
+
+    def first_one_killed(workers: int) -> ProcessPoolExecutor:
+        spawn = multiprocessing.get_context("spawn")
+        pool = real(workers) if made else _KillsItsFirstWorker(workers, mp_context=spawn)
+        made.append(pool)
+        return pool
+
+    monkeypatch.setattr(trials, "_pool", first_one_killed)
+    folder = make_spec(with_search(parallelism=1, space={"model.layers.0.units": [4, 8]}))
+    out = io.StringIO()
+    found = search(folder, stream=out)
+    assert "A worker process died; trials 1, 2 run again, each in a process of its own" in (
+        out.getvalue()
+    )
+    assert sorted((row["trial"], row["status"]) for row in found.table) == [(1, "ok"), (2, "ok")]
 
 
 def test_ctrl_c_ends_a_search_at_once_with_one_line(make_spec: SpecWriter, tmp_path: Path):
