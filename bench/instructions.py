@@ -70,7 +70,9 @@ async def count(case: str, repo: Path, requests: int) -> None:
     from serving.settings import Settings
 
     path, body = CASES[case]
-    ours = create_app(Settings.load(repo=str(repo), log_level="warning", inline_max_us=1e9))
+    ours = create_app(
+        Settings.load(repo=str(repo), log_level="warning", inline_max_us=1e9, intra_op_threads=1)
+    )
     app: Any = fastapi_app if case == "fastapi" else ours
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     scope = {

@@ -17,17 +17,26 @@ from inference.errors import InvalidInputError
 from inference.metadata import InputInfo
 
 FLOAT = np.float32
+SCAN_MAX = 64
+"""Up to this many values, looking at each in Python costs less than a numpy pass."""
+NESTED = (list, tuple)
 
 
-def as_feature_matrix(data: Any, signature: InputInfo, *, check: bool = True) -> np.ndarray:
+def as_feature_matrix(
+    data: Any, signature: InputInfo, *, check: bool = True, may_hold_booleans: bool = True
+) -> np.ndarray:
     """A (rows, features) float32 array from an array-like, checked against the signature;
-    `check=False` leaves the row check (`check_rows`) to a caller that runs it anyway."""
+    `check=False` leaves the row check (`check_rows`) to a caller that runs it anyway, and
+    `may_hold_booleans=False` the search for true/false among numbers to one that knows there
+    are none (a JSON body without the words `true` and `false`)."""
     try:
         array = data if isinstance(data, np.ndarray) else np.asarray(data)
     except (ValueError, TypeError) as e:  # ragged rows
         raise InvalidInputError(f"features must be a regular 2-D batch of numbers: {e}") from e
     if array.size and array.dtype.kind not in "iuf":
         raise InvalidInputError(f"features must be numbers, got {_describe(array)}")
+    if may_hold_booleans and array is not data and array.size and holds_booleans(data):
+        raise InvalidInputError("features must be numbers, got true/false among them")
     matrix = array.astype(FLOAT, copy=False)
     n_features = len(signature.feature_names)
     if matrix.ndim != 2 or matrix.shape[1] != n_features:
@@ -52,11 +61,19 @@ def from_columns(columns: Mapping[str, Any], signature: InputInfo) -> np.ndarray
         raise InvalidInputError(
             f"feature columns must be 1-D and of equal length; got shapes {lengths}"
         )
-    return as_feature_matrix(np.column_stack([columns[name] for name in expected]), signature)
+    arrays = [np.asarray(columns[name]) for name in expected]
+    for name, array in zip(expected, arrays, strict=True):
+        if array.dtype.kind == "b" or holds_booleans(columns[name]):
+            raise InvalidInputError(f"feature {name!r} must be numbers, got true/false values")
+    return as_feature_matrix(np.column_stack(arrays), signature)
 
 
 def from_records(
-    records: Sequence[Mapping[str, Any]], signature: InputInfo, *, check: bool = True
+    records: Sequence[Mapping[str, Any]],
+    signature: InputInfo,
+    *,
+    check: bool = True,
+    may_hold_booleans: bool = True,
 ) -> np.ndarray:
     """A feature matrix from one mapping of feature name → value per row."""
     expected = signature.feature_names
@@ -67,7 +84,22 @@ def from_records(
         if missing or unknown:
             raise InvalidInputError(f"row {i}: {_name_mismatch(missing, unknown, expected)}")
         rows.append([record[name] for name in expected])
-    return as_feature_matrix(rows, signature, check=check)
+    return as_feature_matrix(rows, signature, check=check, may_hold_booleans=may_hold_booleans)
+
+
+def holds_booleans(data: Any) -> bool:
+    """Whether nested lists hold true or false: numpy reads `[true, 2.5]` as `[1.0, 2.5]`
+    without a trace, so the lists themselves are looked at."""
+    if type(data) not in NESTED:
+        return type(data) is bool
+    lists = [data]
+    while lists:
+        kinds = set(map(type, items := lists.pop()))
+        if bool in kinds:
+            return True
+        if not kinds.isdisjoint(NESTED):
+            lists.extend(item for item in items if type(item) in NESTED)
+    return False
 
 
 def check_rows(matrix: np.ndarray, signature: InputInfo) -> None:
@@ -90,7 +122,7 @@ def check_rows(matrix: np.ndarray, signature: InputInfo) -> None:
 def _total(matrix: np.ndarray) -> float:
     """The sum of all values in float64; a few values are summed in Python, where numpy's call
     costs more than the sum (a request of one row is the common case)."""
-    if matrix.size <= 64:
+    if matrix.size <= SCAN_MAX:
         return float(sum(matrix.ravel().tolist()))
     return float(np.add.reduce(matrix, axis=None, dtype=np.float64))
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from inference.errors import describe_problems
+from inference.inputs import holds_booleans
 from inference.metadata import BundleMetadata, InputInfo
 from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from serving.schemas import InferenceRequest, RequestInput
@@ -137,16 +138,25 @@ def parse_json(header: bytes) -> Any:
         raise BadRequest("the request body is nested too deeply") from e
 
 
+def mentions_booleans(body: Body) -> bool:
+    """Whether the JSON may hold true or false anywhere. Searching the bytes costs next to
+    nothing; searching the parsed lists for them costs as much as reading them into numpy."""
+    return b"true" in body.header or b"false" in body.header
+
+
 def decode_request(body: Body, metadata: BundleMetadata) -> DecodedRequest:
     document = parse_json(body.header)
-    if not body.binary:
+    booleans = mentions_booleans(body)
+    if not body.binary and not booleans:
         plain = _plain_request(document, metadata.input)
         if plain is not None:
             return plain
-    return _validated_request(document, body.binary, metadata)
+    return _validated_request(document, body.binary, metadata, may_hold_booleans=booleans)
 
 
-def _validated_request(document: Any, binary: bytes, metadata: BundleMetadata) -> DecodedRequest:
+def _validated_request(
+    document: Any, binary: bytes, metadata: BundleMetadata, *, may_hold_booleans: bool = True
+) -> DecodedRequest:
     """Any request, validated in full: every problem is named here."""
     if not isinstance(document, dict):
         raise BadRequest("the request body must be a JSON object with an 'inputs' list")
@@ -159,7 +169,7 @@ def _validated_request(document: Any, binary: bytes, metadata: BundleMetadata) -
     parameters = request.parameters or {}
     if "classification" in parameters:
         raise BadRequest("the classification extension is not supported; read 'scores'")
-    inputs = _decode_inputs(request, binary, metadata)
+    inputs = _decode_inputs(request, binary, metadata, may_hold_booleans=may_hold_booleans)
     outputs, flags = _requested_outputs(request, metadata)
     return DecodedRequest(
         id=request.id,
@@ -216,13 +226,14 @@ def _plain_tensor(tensor: dict[str, Any], signature: InputInfo) -> np.ndarray | 
         )
     ):
         return None
+    dtype = DTYPES[datatype]
     try:
-        values = np.asarray(data)
-    except ValueError:
+        values = _json_array(data, dtype)
+    except (ValueError, OutOfRange):
         return None
     if values.dtype.kind not in JSON_KINDS[datatype] or values.size != math.prod(shape):
         return None
-    return _cast(values.reshape(shape), DTYPES[datatype])
+    return _cast(values.reshape(shape), dtype)
 
 
 def _cast(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
@@ -238,7 +249,7 @@ def _cast(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
 
 
 def _decode_inputs(
-    request: InferenceRequest, binary: bytes, metadata: BundleMetadata
+    request: InferenceRequest, binary: bytes, metadata: BundleMetadata, *, may_hold_booleans: bool
 ) -> dict[str, np.ndarray]:
     expected = {i.name: i for i in metadata.inputs}
     names = [i.name for i in request.inputs]
@@ -257,7 +268,7 @@ def _decode_inputs(
         if "binary_data_size" in (tensor.parameters or {}):
             array, offset = _from_binary(tensor, binary, offset)
         else:
-            array = _from_json(tensor)
+            array = _from_json(tensor, may_hold_booleans=may_hold_booleans)
         _check_shape(tensor.name, array.shape, info.shape)
         arrays[tensor.name] = array
     if offset != len(binary):
@@ -268,7 +279,7 @@ def _decode_inputs(
     return arrays
 
 
-def _from_json(tensor: RequestInput) -> np.ndarray:
+def _from_json(tensor: RequestInput, *, may_hold_booleans: bool) -> np.ndarray:
     name, datatype, shape, data = tensor.name, tensor.datatype, tensor.shape, tensor.data
     if data is None:
         raise BadRequest(f"input {name!r}: 'data' is missing (and no binary_data_size is given)")
@@ -276,19 +287,63 @@ def _from_json(tensor: RequestInput) -> np.ndarray:
     if kinds is None:
         raise BadRequest(f"input {name!r}: datatype {datatype} is not accepted as JSON data")
     try:
-        values = np.asarray(data)
+        values = _json_array(data, DTYPES[datatype])
     except ValueError as e:  # ragged nesting
         raise BadRequest(f"input {name!r}: 'data' is not a regular array: {e}") from e
-    if values.size and values.dtype.kind not in kinds:
-        kind = {"U": "strings", "O": "mixed values or null", "b": "booleans", "f": "fractions"}
-        got = kind.get(values.dtype.kind, values.dtype.name)
-        raise BadRequest(f"input {name!r}: 'data' must hold {datatype} numbers, got {got}")
+    except OutOfRange as e:
+        raise BadRequest(f"input {name!r}: {e.value} is out of the range of {datatype}") from e
+    if (wrong := _wrong_kind(data, values, kinds, may_hold_booleans)) is not None:
+        raise BadRequest(f"input {name!r}: 'data' must hold {datatype} numbers, got {wrong}")
     count = math.prod(shape)
     if values.size != count:
         raise BadRequest(
             f"input {name!r}: shape {shape} needs {count} values but 'data' has {values.size}"
         )
     return _cast(values.reshape(shape), DTYPES[datatype])
+
+
+def _wrong_kind(
+    data: list[Any], values: np.ndarray, kinds: str, may_hold_booleans: bool
+) -> str | None:
+    """What JSON data holds that its datatype does not take, in the error message's words."""
+    if not values.size:
+        return None
+    if values.dtype.kind not in kinds:
+        kind = {"U": "strings", "O": "mixed values or null", "b": "booleans", "f": "fractions"}
+        return kind.get(values.dtype.kind, values.dtype.name)
+    if values.dtype.kind != "b" and may_hold_booleans and holds_booleans(data):
+        return "true/false among them"
+    return None
+
+
+class OutOfRange(Exception):
+    """An integer that the tensor's integer datatype cannot hold."""
+
+    def __init__(self, value: int):
+        super().__init__(value)
+        self.value = value
+
+
+def _json_array(data: list[Any], dtype: np.dtype[Any]) -> np.ndarray:
+    """JSON `data` as numpy reads it, but integers for an integer datatype are checked against
+    its range (a cast would wrap them round: 256 → 0 in UINT8) and read exactly (numpy alone
+    reads `[1, 2**64 - 1]` as float64)."""
+    values = np.asarray(data)
+    if dtype.kind not in "iu" or not values.size or np.can_cast(values.dtype, dtype):
+        return values
+    info = np.iinfo(dtype)
+    if values.dtype.kind in "iu":
+        low, high = int(values.min()), int(values.max())
+        if low < info.min or high > info.max:
+            raise OutOfRange(low if low < info.min else high)
+        return values
+    objects = np.asarray(data, dtype=object)
+    if values.dtype.kind not in "fO" or any(type(v) is not int for v in objects.flat):
+        return values  # fractions or other values: refused by kind
+    outside = next((v for v in objects.flat if not info.min <= v <= info.max), None)
+    if outside is not None:
+        raise OutOfRange(outside)
+    return objects.astype(dtype)
 
 
 def _from_binary(tensor: RequestInput, binary: bytes, offset: int) -> tuple[np.ndarray, int]:

@@ -21,24 +21,30 @@ from inference import inputs
 from serving.errors import BadRequest
 from serving.metrics import note_model
 from serving.protocol import ERRORS, dataplane, document_body
-from serving.protocol.codec import EncodedResponse, parse_json, split_body
+from serving.protocol.codec import EncodedResponse, mentions_booleans, parse_json, split_body
 from serving.schemas import ModelStatus, PredictResponse
 
 router = APIRouter(tags=["friendly v1"], responses=ERRORS)
 
 
-def instances_to_matrix(instances: Any, signature: inference.metadata.InputInfo) -> np.ndarray:
+def instances_to_matrix(
+    instances: Any, signature: inference.metadata.InputInfo, *, may_hold_booleans: bool = True
+) -> np.ndarray:
     """The feature matrix of the instances; their rows are checked by `DataPlane.infer`."""
     if not isinstance(instances, list) or not instances:
         raise BadRequest("'instances' must be a non-empty list of feature objects or rows")
     if all(isinstance(i, dict) for i in instances):
-        return inputs.from_records(instances, signature, check=False)
+        return inputs.from_records(
+            instances, signature, check=False, may_hold_booleans=may_hold_booleans
+        )
     if any(isinstance(i, dict) for i in instances):
         raise BadRequest("'instances' mixes feature objects and rows; use one form")
     n_features = len(signature.feature_names)
     if n_features == 1 and not any(isinstance(i, list) for i in instances):
         instances = [[value] for value in instances]  # bare values for a one-feature model
-    return inputs.as_feature_matrix(instances, signature, check=False)
+    return inputs.as_feature_matrix(
+        instances, signature, check=False, may_hold_booleans=may_hold_booleans
+    )
 
 
 def format_predictions(outputs: dict[str, np.ndarray], meta: inference.BundleMetadata) -> list[Any]:
@@ -68,7 +74,9 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
     document = parse_json(body.header)
     if not isinstance(document, dict) or "instances" not in document:
         raise BadRequest('the request body must be a JSON object {"instances": [...]}')
-    matrix = instances_to_matrix(document["instances"], model.metadata.input)
+    matrix = instances_to_matrix(
+        document["instances"], model.metadata.input, may_hold_booleans=mentions_booleans(body)
+    )
     outputs = await plane.infer(model, matrix, None)
     answer = {
         "model_name": name,

@@ -61,6 +61,8 @@ def test_hidden_layers_on_request(model: inference.Model):
             r"features must be numbers, got quoted numbers such as '5.1'",
         ),
         ([[True, False, True, False]], r"features must be numbers, got true/false values"),
+        ([[1.0, True, 3.0, 4.0]], r"features must be numbers, got true/false among them"),
+        ([[1.0, 2.0, 3.0, 4.0]] * 20 + [[0, 1, 2, False]], r"got true/false among them"),
         ([[1.0, None, 3.0, 4.0]], r"features must be numbers, got null \(a missing value\)"),
         (
             [[1.0, 2.0, 3.0, 4.0], [1.0, math.nan, 3.0, 4.0]],
@@ -89,6 +91,14 @@ def test_bad_columns_and_records_are_explained(model: inference.Model):
     with pytest.raises(InvalidInputError, match=r"feature columns must be 1-D and of equal length"):
         model.predict_columns(
             {name: [1.0] * (2 if name == "sepal_length" else 1) for name in FEATURES}
+        )
+    with pytest.raises(InvalidInputError, match=r"feature 'petal_width' must be numbers, got true"):
+        model.predict_columns({**{name: [1.0, 2.0] for name in FEATURES}, "petal_width": [1, True]})
+    with pytest.raises(
+        InvalidInputError, match=r"feature 'sepal_length' must be numbers, got true"
+    ):
+        model.predict_columns(
+            {**{name: [1.0] for name in FEATURES}, "sepal_length": np.ones(1, bool)}
         )
     with pytest.raises(InvalidInputError, match=r"row 1: missing feature\(s\) 'sepal_width'"):
         model.predict_records([dict(zip(FEATURES, ROWS[0], strict=True)), {"sepal_length": 1}])

@@ -120,6 +120,26 @@ def test_decode_request_takes_the_plain_path_and_the_full_one_alike():
         )
 
 
+@pytest.mark.parametrize(
+    "data", [[[5.1, 3.5, True, 0.2]], [ROW] * 20 + [[0, 1, 2, False]], [[[5.1, 3.5], [1, True]]]]
+)
+def test_true_or_false_among_numbers_is_refused_not_read_as_one_or_zero(data: Any):
+    body = codec.Body(orjson.dumps({"inputs": [tensor(data, [len(data), 4])]}), b"")
+    assert codec.mentions_booleans(body)
+    with pytest.raises(
+        BadRequest, match="'data' must hold FP32 numbers, got true/false among them"
+    ):
+        codec.decode_request(body, META)
+
+
+def test_the_words_true_and_false_elsewhere_change_nothing():
+    body = codec.Body(orjson.dumps({"id": "true or false", "inputs": [tensor([ROW])]}), b"")
+    assert codec.mentions_booleans(body)
+    decoded = codec.decode_request(body, META)
+    assert decoded.id == "true or false"
+    np.testing.assert_array_equal(decoded.inputs[SIGNATURE.name], np.float32([ROW]))
+
+
 def test_outputs_of_any_layout_encode_flat():
     decoded = codec.decode_request(codec.Body(orjson.dumps({"inputs": [tensor([ROW])]}), b""), META)
     strided = np.arange(6, dtype=np.int64)[::2]
@@ -129,3 +149,56 @@ def test_outputs_of_any_layout_encode_flat():
     assert outputs["class_index"]["data"] == [0, 2, 4]
     assert outputs["scores"]["shape"] == [3, 2]
     assert outputs["scores"]["data"] == [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+
+
+def integer_model(datatype: str) -> tuple[inference.BundleMetadata, inference.metadata.InputInfo]:
+    """The iris metadata with its input declared as `datatype` (no bundle here has one)."""
+    signature = SIGNATURE.model_copy(update={"datatype": datatype})
+    return META.model_copy(update={"inputs": [signature]}), signature
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values", "outside"),
+    [
+        ("INT32", [1, 2**31, 3, 4], 2**31),
+        ("INT32", [1, -(2**31) - 1, 3, 4], -(2**31) - 1),
+        ("UINT8", [1, -1, 3, 4], -1),
+        ("UINT8", [1, 256, 3, 4], 256),
+        ("UINT64", [1, 2**64, 3, 4], 2**64),
+        ("INT64", [-1, 2**64 - 1, 3, 4], 2**64 - 1),
+        ("INT64", [1, 2**70, 3, 4], 2**70),
+        ("UINT64", [1, -1, 3, 4], -1),
+        ("INT8", [0, 1, 2, 3] * 5 + [0, 1, 2, 128], 128),
+    ],
+)
+def test_integers_out_of_range_are_refused_not_wrapped(
+    datatype: str, values: list[int], outside: int
+):
+    meta, signature = integer_model(datatype)
+    document = {"inputs": [{**tensor([values]), "datatype": datatype}]}
+    assert codec._plain_request(document, signature) is None
+    message = f"input 'features': {outside} is out of the range of {datatype}"
+    with pytest.raises(BadRequest, match=message):
+        codec._validated_request(document, b"", meta)
+
+
+@pytest.mark.parametrize("datatype", ["INT8", "INT32", "INT64", "UINT8", "UINT64"])
+def test_integers_in_range_take_both_paths_alike(datatype: str):
+    meta, signature = integer_model(datatype)
+    info = np.iinfo(codec.DTYPES[datatype])
+    values = [int(info.min), 0, 1, int(info.max)]
+    document = {"inputs": [{**tensor([values]), "datatype": datatype}]}
+    plain = codec._plain_request(document, signature)
+    assert plain is not None
+    full = codec._validated_request(document, b"", meta)
+    for decoded in (plain, full):
+        array = decoded.inputs[SIGNATURE.name]
+        assert array.dtype == codec.DTYPES[datatype]
+        assert array.tolist() == [values]
+
+
+def test_fractions_are_still_named_for_integer_inputs():
+    meta, _ = integer_model("INT64")
+    document = {"inputs": [{**tensor([[1, 2.5, 3, 4]]), "datatype": "INT64"}]}
+    with pytest.raises(BadRequest, match="'data' must hold INT64 numbers, got fractions"):
+        codec._validated_request(document, b"", meta)

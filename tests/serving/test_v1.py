@@ -79,6 +79,8 @@ def test_status_lists_the_expected_features(client: TestClient):
             "features must be numbers, got text such as 'seventy'",
         ),
         ({"instances": [{"age": None}]}, 400, "features must be numbers, got null"),
+        ({"instances": [{"age": True}, {"age": 3}]}, 400, "got true/false among them"),
+        ({"instances": [[70], [False]]}, 400, "got true/false among them"),
         (
             {"instances": [[70, 1]]},
             400,

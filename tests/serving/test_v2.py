@@ -347,6 +347,13 @@ BAD_REQUESTS: list[tuple[str, Any, dict[str, str], int, str]] = [
         "'data' must hold FP32 numbers, got strings",
     ),
     ("booleans for numbers", {"inputs": [tensor([[True]], [1, 1])]}, {}, 400, "got booleans"),
+    (
+        "a boolean among numbers",
+        {"inputs": [tensor([[70.0], [True]], [2, 1])]},
+        {},
+        400,
+        "'data' must hold FP32 numbers, got true/false among them",
+    ),
     ("null in data", {"inputs": [tensor([[None]], [1, 1])]}, {}, 400, "got mixed values or null"),
     (
         "ragged data",
