@@ -33,16 +33,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, machine, to_json, write_section
-from bench.serving_bench import make_repository, v2_body
+from bench.serving_bench import make_repository, v2_binary, v2_body
 
 ROW = [0.01 * i for i in range(256)]
 V1_ONE = to_json({"instances": [{"age": 70}]})
+BINARY, BINARY_HEADERS = v2_binary(ROW)
 CASES: dict[str, tuple[str, bytes]] = {
     "fastapi": ("/", V1_ONE),
     "v1-side_effects": ("/v1/models/side_effects:predict", V1_ONE),
     "v2-side_effects": ("/v2/models/side_effects/infer", v2_body([70.0])),
     "v1-wide": ("/v1/models/wide:predict", to_json({"instances": [ROW]})),
     "v2-wide": ("/v2/models/wide/infer", v2_body(ROW)),
+    "v2-wide-binary": ("/v2/models/wide/infer", BINARY),
 }
 DESCRIPTIONS = {
     "fastapi": "FastAPI endpoint returning a constant (bench/floor_apps.py)",
@@ -50,6 +52,7 @@ DESCRIPTIONS = {
     "v2-side_effects": "v2 infer (JSON), side_effects, one row",
     "v1-wide": "v1 predict, wide model, one row of 256",
     "v2-wide": "v2 infer (JSON), wide model, one row of 256",
+    "v2-wide-binary": "v2 infer (binary tensor), wide model, one row of 256",
 }
 
 
@@ -74,7 +77,9 @@ async def count(case: str, repo: Path, requests: int) -> None:
         Settings.load(repo=str(repo), log_level="warning", inline_max_us=1e9, intra_op_threads=1)
     )
     app: Any = fastapi_app if case == "fastapi" else ours
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    extra = BINARY_HEADERS if body is BINARY else {"Content-Type": "application/json"}
+    headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    headers.append((b"content-length", b"%d" % len(body)))
     scope = {
         "type": "http", "method": "POST", "path": path, "headers": headers,
         "query_string": b"", "root_path": "", "app": app,

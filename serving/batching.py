@@ -7,6 +7,12 @@ is still running: under load, the requests that arrive during one run make up th
 batches grow with the load and shrink to one request when it is light. `max_delay_us: 0` adds no
 wait at all; requests that arrive in the same turn of the event loop still merge.
 
+The wait is spent only while it pays (as BentoML's adaptive dispatcher, unlike Triton's): while
+fewer than one batch in ten of late has merged two or more requests (one client, or clients
+that never overlap), a new request does not wait for others; every 256th still does, so the
+batcher notices when they start to come together, and so does any batch that merges on its
+own. A lone client then pays one turn of the event loop for batching, not `max_delay_us`.
+
 Every request is validated before it joins the queue, so a malformed request fails alone and
 never reaches a batch. Should a merged run still fail, each of its requests is run again on its
 own, so only the request that fails gets the error.
@@ -34,6 +40,13 @@ import inference
 from serving.errors import InferenceTimeout
 
 Outputs = dict[str, np.ndarray]
+MERGED_TO_WAIT = 0.1
+"""Requests wait for others while at least this share of recent batches merged requests."""
+MERGE_MEMORY = 0.2
+"""Weight of the newest batch in that share (a moving average: ~10 batches that merge nothing
+take it from 1 to under `MERGED_TO_WAIT`)."""
+PROBE_EVERY = 256
+"""While waiting does not pay, every this-many-th request waits anyway, to find out again."""
 TIMER_RESOLUTION_S = 0.002
 """Waits shorter than this are polled rather than left to the loop's millisecond timers."""
 Runner = Callable[[inference.Model, np.ndarray, list[str]], Outputs]
@@ -83,6 +96,9 @@ class _Request:
     enqueued: float
     """`time.perf_counter()` when the request joined the queue (the loop's clock may tick in
     whole milliseconds, as uvloop's does)."""
+    due: float
+    """When its batch leaves at the latest: `enqueued` plus the delay, or nothing added while
+    waiting does not pay."""
 
     @property
     def rows(self) -> int:
@@ -128,6 +144,11 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
         self._timeout_s = timeout_s
+        self._delay_s = config.max_delay_us / 1e6
+        self._merged = 1.0
+        """Moving share of recent batches that merged two or more requests (starts as if all
+        had, so a new batcher waits as configured until it learns otherwise)."""
+        self._skipped = 0
         self._in_flight: list[list[_Request]] = []
         self._watchdog: asyncio.TimerHandle | None = None
         """One timer for every request's deadline (not one per request: that costs more than
@@ -138,13 +159,22 @@ class Batcher:
         """Queue validated rows; their outputs come back when their batch has run."""
         loop = asyncio.get_running_loop()
         names = list(outputs) if outputs is not None else self.model.metadata.default_outputs
-        request = _Request(matrix, names, loop.create_future(), time.perf_counter())
+        now = time.perf_counter()
+        due = now + self._delay_s if self._delay_s and self._waiting_pays() else now
+        request = _Request(matrix, names, loop.create_future(), now, due)
         self._queue.append(request)
         self._queued_rows += request.rows
         self._schedule(loop)
         if self._watchdog is None:
             self._arm_watchdog(loop)
         return await request.future  # cancelled (e.g. a disconnect): the batch skips it
+
+    def _waiting_pays(self) -> bool:
+        """Whether a new request should wait up to `max_delay_us` for others to join it."""
+        if self._merged >= MERGED_TO_WAIT:
+            return True
+        self._skipped += 1
+        return self._skipped % PROBE_EVERY == 0
 
     def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
         pending = [r.enqueued for b in self._in_flight for r in b if not r.future.done()]
@@ -174,7 +204,7 @@ class Batcher:
         if self._queued_rows >= self.config.max_batch_size:
             self._dispatch(loop)
             return
-        wait = self._queue[0].enqueued + self.config.max_delay_us / 1e6 - time.perf_counter()
+        wait = self._queue[0].due - time.perf_counter()
         if wait <= 0 and turned:
             self._dispatch(loop)
         elif wait < TIMER_RESOLUTION_S:
@@ -203,6 +233,7 @@ class Batcher:
             return
         rows = sum(r.rows for r in batch)
         self._observer.batch(rows, len(batch))
+        self._merged += ((len(batch) > 1) - self._merged) * MERGE_MEMORY
         self._running += 1
         self._in_flight.append(batch)
         latency = self.model.latency

@@ -21,7 +21,13 @@ import pytest
 import yaml
 
 import inference
-from serving.batching import Batcher, BatchingConfig, BatchingOverride, BatchObserver
+from serving.batching import (
+    PROBE_EVERY,
+    Batcher,
+    BatchingConfig,
+    BatchingOverride,
+    BatchObserver,
+)
 from serving.errors import InferenceTimeout
 from tests.conftest import MODELS
 from tests.serving.conftest import Server
@@ -317,6 +323,55 @@ def test_with_no_delay_one_request_runs_at_once(iris: inference.Model):
 
     assert asyncio.run(one())["scores"].shape == (1, 3)
     assert batches == [(1, 1)]
+
+
+def waiting_batcher(model: inference.Model, delay_s: float) -> tuple[Batcher, list[float]]:
+    """A batcher that runs on the loop and reports how long each request waited."""
+    waited: list[float] = []
+    batcher = Batcher(
+        model,
+        BatchingConfig(max_batch_size=8, max_delay_us=round(delay_s * 1e6)),
+        lambda m, matrix, names: m.outputs(matrix, names),
+        ThreadPoolExecutor(1),
+        inline_max_us=1e9,
+        observer=BatchObserver(queued=waited.append),
+    )
+    return batcher, waited
+
+
+def test_a_lone_client_stops_paying_the_delay_and_overlapping_clients_bring_it_back(
+    iris: inference.Model,
+):
+    delay_s = 0.05
+    batcher, waited = waiting_batcher(iris, delay_s)
+
+    async def scenario() -> None:
+        for i in range(20):  # one client: nothing ever joins its requests
+            await batcher.submit(rows_for(i, 1), None)
+        results = await gather_submits(batcher, [rows_for(i, 1) for i in range(3)])
+        assert [r["scores"].shape for r in results] == [(1, 3)] * 3
+        await batcher.submit(rows_for(0, 1), None)
+
+    asyncio.run(scenario())
+    learning, lone, together, after = waited[:11], waited[11:20], waited[20:23], waited[23]
+    assert min(learning) >= delay_s * 0.95  # a new batcher waits as configured
+    assert max(lone) < delay_s / 5  # waiting merged nothing: it stopped
+    assert max(together) < delay_s / 5  # these came in one turn of the loop, merged at once
+    assert after >= delay_s * 0.95  # a merge shows that waiting may pay again
+
+
+def test_while_waiting_does_not_pay_every_256th_request_still_waits(iris: inference.Model):
+    delay_s = 0.02
+    batcher, waited = waiting_batcher(iris, delay_s)
+
+    async def scenario() -> None:
+        for i in range(11 + 2 * PROBE_EVERY):
+            await batcher.submit(rows_for(i, 1), None)
+
+    asyncio.run(scenario())
+    probes = [i for i, seconds in enumerate(waited[11:]) if seconds >= delay_s * 0.95]
+    assert probes == [PROBE_EVERY - 1, 2 * PROBE_EVERY - 1]
+    assert max(w for i, w in enumerate(waited[11:]) if i not in probes) < delay_s / 2
 
 
 def test_override_keeps_unset_keys():
