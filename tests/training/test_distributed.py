@@ -24,6 +24,8 @@ from training import data as datasets
 from training.__main__ import main
 from training.distributed import train_distributed
 
+TORCH_LOG_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
+
 
 def committed_spec(name: str, folder: Path) -> Path:
     folder.mkdir(parents=True)
@@ -195,7 +197,10 @@ def test_a_failing_distributed_run_is_one_error_not_a_hang(
     spark: SparkSession, make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
 ):
     """Global batch 2 on 2 processes is 1 row per rank: batch normalization refuses it. The
-    ranks' own output streams to stderr first; the command's verdict is the last line."""
+    ranks' own output streams to stderr first; the command's verdict is the last line. Lines
+    of torch's own logs (glog style, `E1123 09:53:33.202000 pid file:line]`) are its reports,
+    not ours: when the other rank's agent times out on its exit barrier, torch logs that
+    with a traceback of its own (seen once, on a loaded machine)."""
     del spark  # the session the command finds
 
     def edit(spec: dict[str, Any]) -> None:
@@ -209,5 +214,6 @@ def test_a_failing_distributed_run_is_one_error_not_a_hang(
         r"error: rank 0: ValueError: Expected more than 1 value per channel when training.*",
         err.splitlines()[-1],
     )
-    assert "Traceback" not in err
+    ours = [line for line in err.splitlines() if not TORCH_LOG_LINE.match(line)]
+    assert not [line for line in ours if "Traceback" in line]
     assert not [p for p in folder.iterdir() if p.name != "model.yaml"]
