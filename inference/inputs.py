@@ -56,16 +56,16 @@ def from_columns(columns: Mapping[str, Any], signature: InputInfo) -> np.ndarray
     unknown = [name for name in columns if name not in expected]
     if missing or unknown:
         raise InvalidInputError(_name_mismatch(missing, unknown, expected))
-    lengths = {name: np.shape(columns[name]) for name in expected}
+    arrays = {name: np.asarray(columns[name]) for name in expected}
+    lengths = {name: array.shape for name, array in arrays.items()}
     if len(set(lengths.values())) != 1 or len(lengths[expected[0]]) != 1:
         raise InvalidInputError(
             f"feature columns must be 1-D and of equal length; got shapes {lengths}"
         )
-    arrays = [np.asarray(columns[name]) for name in expected]
-    for name, array in zip(expected, arrays, strict=True):
+    for name, array in arrays.items():
         if array.dtype.kind == "b" or holds_booleans(columns[name]):
             raise InvalidInputError(f"feature {name!r} must be numbers, got true/false values")
-    return as_feature_matrix(np.column_stack(arrays), signature)
+    return as_feature_matrix(np.column_stack(list(arrays.values())), signature)
 
 
 def from_records(

@@ -405,22 +405,19 @@ def encode_response(
     described, blobs = [], []
     flags, default = request.binary_flags, request.binary_default
     for name, array in outputs.items():
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": datatypes[name],
+            "shape": list(array.shape),
+        }
         if flags.get(name, default):
             blob = np.ascontiguousarray(array, dtype=DTYPES[datatypes[name]]).tobytes()
-            described.append({
-                "name": name,
-                "datatype": datatypes[name],
-                "shape": list(array.shape),
-                "parameters": {"binary_data_size": len(blob)},
-            })  # fmt: skip
+            tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            described.append({
-                "name": name,
-                "datatype": datatypes[name],
-                "shape": list(array.shape),
-                "data": array if array.ndim == 1 and array.flags.c_contiguous else array.ravel(),
-            })  # fmt: skip
+            flat = array.ndim == 1 and array.flags.c_contiguous
+            tensor["data"] = array if flat else array.ravel()
+        described.append(tensor)
     document = {
         "model_name": metadata.name,
         "model_version": str(metadata.version),
