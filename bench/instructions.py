@@ -5,9 +5,10 @@
 
 Wall-clock timings of one request drift by up to 2x between runs on a small VM, so a change of
 a few µs cannot be judged by them; instruction counts repeat within 0.5%. Each case runs the
-ASGI app in a loop without sockets (no uvicorn, no kernel): `functools.reduce` drives each
-request's coroutine to completion, and callgrind counts only what runs inside that reduce
-(`--toggle-collect=functools_reduce`), so start-up, model loads and warm-up are left out.
+ASGI app in a loop without sockets (no uvicorn, no kernel): one client's requests, one after
+the other, on uvloop, inside one `functools.reduce` call; callgrind counts only what runs
+inside it (`--toggle-collect=functools_reduce`), so start-up, model loads and warm-up are left
+out.
 Under valgrind a model's warm-up measures runs ~50x slower, so the app is built with a high
 `inline_max_us`, to run on the event loop as it does at full speed. Fewer instructions is not
 always less time (onnxruntime's C++ runs at fewer instructions per cycle than CPython's loop):
@@ -25,11 +26,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Coroutine
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, machine, to_json, write_section
@@ -41,6 +43,7 @@ BINARY, BINARY_HEADERS = v2_binary(ROW)
 CASES: dict[str, tuple[str, bytes]] = {
     "fastapi": ("/", V1_ONE),
     "v1-side_effects": ("/v1/models/side_effects:predict", V1_ONE),
+    "v1-side_effects-batched": ("/v1/models/side_effects:predict", V1_ONE),
     "v2-side_effects": ("/v2/models/side_effects/infer", v2_body([70.0])),
     "v1-wide": ("/v1/models/wide:predict", to_json({"instances": [ROW]})),
     "v2-wide": ("/v2/models/wide/infer", v2_body(ROW)),
@@ -49,6 +52,7 @@ CASES: dict[str, tuple[str, bytes]] = {
 DESCRIPTIONS = {
     "fastapi": "FastAPI endpoint returning a constant (bench/floor_apps.py)",
     "v1-side_effects": "v1 predict, side_effects, one row",
+    "v1-side_effects-batched": "the same, adaptive batching on (one client: nothing to merge)",
     "v2-side_effects": "v2 infer (JSON), side_effects, one row",
     "v1-wide": "v1 predict, wide model, one row of 256",
     "v2-wide": "v2 infer (JSON), wide model, one row of 256",
@@ -56,25 +60,18 @@ DESCRIPTIONS = {
 }
 
 
-def drive(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine that never has to wait (the hot routes, inline) to its end."""
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return
-    coroutine.close()
-    raise RuntimeError("the request waited on something: it did not run inline")
-
-
-async def count(case: str, repo: Path, requests: int) -> None:
+def count(case: str, repo: Path, requests: int) -> None:
     """The measured part (run under callgrind by `main`)."""
     from bench.floor_apps import fastapi_app
     from serving.app import create_app
     from serving.settings import Settings
 
     path, body = CASES[case]
+    batching = {"max_batch_size": 64} if case.endswith("-batched") else {}
     ours = create_app(
-        Settings.load(repo=str(repo), log_level="warning", inline_max_us=1e9, intra_op_threads=1)
+        Settings.load(
+            repo=str(repo), log_level="warning", inline_max_us=1e9, intra_op_threads=1, **batching
+        )
     )
     app: Any = fastapi_app if case == "fastapi" else ours
     extra = BINARY_HEADERS if body is BINARY else {"Content-Type": "application/json"}
@@ -93,15 +90,24 @@ async def count(case: str, repo: Path, requests: int) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
+    async def answer(n: int) -> None:
+        """n requests one after the other: a lone client, without sockets. A request that
+        never waits runs through without the loop; one that does (the batcher's turn of the
+        loop) costs its turn, as in the server."""
+        for _ in range(n):
+            await app(dict(scope), receive, send)
+
+    loop = uvloop.new_event_loop()  # as the server's
     lifespan = nullcontext() if app is fastapi_app else ours.router.lifespan_context(ours)
-    async with lifespan:
+    try:
+        loop.run_until_complete(lifespan.__aenter__())
         while app is ours and not ours.dataplane.ready:
-            await asyncio.sleep(0.05)
-        for _ in range(20):  # first requests build caches
-            drive(app(dict(scope), receive, send))
-        functools.reduce(
-            lambda _, __: drive(app(dict(scope), receive, send)), range(requests), None
-        )
+            loop.run_until_complete(asyncio.sleep(0.05))
+        loop.run_until_complete(answer(20))  # first requests build caches
+        functools.reduce(lambda _, __: loop.run_until_complete(answer(requests)), [0], None)
+        loop.run_until_complete(lifespan.__aexit__(None, None, None))
+    finally:
+        loop.close()
     if set(statuses) != {200}:
         raise RuntimeError(f"{case}: statuses {sorted(set(statuses))}, expected 200 only")
 
@@ -129,7 +135,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        asyncio.run(count(args.measure, args.repo, args.requests))
+        count(args.measure, args.repo, args.requests)
         return
     cases = args.cases or list(CASES)
     unknown = [c for c in cases if c not in CASES]

@@ -20,7 +20,7 @@ import numpy as np
 
 import inference
 from inference.inputs import check_rows
-from serving.batching import Batcher, BatchObserver
+from serving.batching import Batcher
 from serving.errors import InferenceTimeout, ModelNotReady, PayloadTooLarge
 from serving.metrics import Metrics
 from serving.repository import ModelRepository
@@ -114,7 +114,6 @@ class DataPlane:
         config = self.repository.batching(model)
         batcher = None
         if config.enabled:
-            name, version = model.name, model.version
             batcher = Batcher(
                 model,
                 config,
@@ -123,10 +122,7 @@ class DataPlane:
                 inline_max_us=self.settings.inline_max_us,
                 timeout_s=self.settings.request_timeout_s,
                 max_running=self.settings.inference_workers,
-                observer=BatchObserver(
-                    batch=lambda rows, n: self.metrics.observe_batch(name, version, rows, n),
-                    queued=lambda seconds: self.metrics.observe_queue(name, version, seconds),
-                ),
+                observer=self.metrics.batch_observer(model.name, model.version),
             )
         self._batchers[model] = batcher
         return batcher

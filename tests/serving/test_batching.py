@@ -7,6 +7,7 @@ tests drive it on the event loop with a real onnxruntime session.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ import yaml
 import inference
 from serving.batching import (
     PROBE_EVERY,
+    TURN_PROBE_EVERY,
     Batcher,
     BatchingConfig,
     BatchingOverride,
@@ -244,7 +246,9 @@ def make_batcher(
     a second for any holding `stall_on`."""
     batches: list[tuple[int, int]] = []
 
-    def run(m: inference.Model, matrix: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    def run(
+        m: inference.Model, matrix: np.ndarray, names: list[str] | None
+    ) -> dict[str, np.ndarray]:
         if fail_on is not None and (matrix == fail_on).any():
             raise RuntimeError("this row breaks the model")
         if stall_on is not None and (matrix == stall_on).any():
@@ -372,6 +376,38 @@ def test_while_waiting_does_not_pay_every_256th_request_still_waits(iris: infere
     probes = [i for i, seconds in enumerate(waited[11:]) if seconds >= delay_s * 0.95]
     assert probes == [PROBE_EVERY - 1, 2 * PROBE_EVERY - 1]
     assert max(w for i, w in enumerate(waited[11:]) if i not in probes) < delay_s / 2
+
+
+def test_with_no_delay_a_lone_client_runs_at_once_and_overlapping_clients_merge_again(
+    iris: inference.Model,
+):
+    """Runs on the loop: requests of one turn merge only if the first waits for the turn, and a
+    lone client stops paying that turn (its request runs inside `submit`)."""
+    model = inference.load(MODELS / "iris")
+    model.warm_up(probe_rows=8)  # a measured cost: the batcher runs it on the loop
+    batcher, batches = make_batcher(model, max_delay_us=0, inline_max_us=1e9)
+    three = [rows_for(i, 1) for i in range(3)]
+
+    async def scenario() -> list[list[tuple[int, int]]]:
+        seen = [len(batches)]
+        await gather_submits(batcher, three)  # a new batcher waits the turn: one batch
+        seen.append(len(batches))
+        for i in range(11):  # one client: nothing ever joins its requests
+            await batcher.submit(rows_for(i, 1), None)
+        seen.append(len(batches))
+        for _ in range(TURN_PROBE_EVERY // 3 + 2):  # three clients at once, again and again
+            results = await gather_submits(batcher, three)
+            assert [r["scores"].shape for r in results] == [(1, 3)] * 3
+            seen.append(len(batches))
+        return [batches[a:b] for a, b in itertools.pairwise(seen)]
+
+    first, lone, *overlapping = asyncio.run(scenario())
+    assert first == [(3, 3)]
+    assert lone == [(1, 1)] * 11
+    assert overlapping[0] == [(1, 1)] * 3  # waiting stopped paying: each ran at once, alone
+    merged_at = next(i for i, group in enumerate(overlapping) if len(group) < 3)
+    assert merged_at <= TURN_PROBE_EVERY // 3  # a turn probe merged two of them
+    assert overlapping[-1] == [(3, 3)]  # and the turn's wait is back
 
 
 def test_override_keeps_unset_keys():
