@@ -147,8 +147,8 @@ def mentions_booleans(body: Body) -> bool:
 def decode_request(body: Body, metadata: BundleMetadata) -> DecodedRequest:
     document = parse_json(body.header)
     booleans = mentions_booleans(body)
-    if not body.binary and not booleans:
-        plain = _plain_request(document, metadata.input)
+    if body.binary or not booleans:  # the words true/false matter in JSON data only
+        plain = _plain_request(document, metadata.input, body.binary)
         if plain is not None:
             return plain
     return _validated_request(document, body.binary, metadata, may_hold_booleans=booleans)
@@ -190,11 +190,14 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _plain_request(document: Any, signature: InputInfo) -> DecodedRequest | None:
-    """The common request (one JSON tensor that fits the model, no parameters, no outputs),
-    checked by hand; None for anything else, which the full path then accepts or refuses with
-    its message. Validating the envelope with pydantic costs a fifth of a small model's request.
-    Everything accepted here, the full path accepts with the same result."""
+def _plain_request(
+    document: Any, signature: InputInfo, binary: bytes = b""
+) -> DecodedRequest | None:
+    """The common request (one tensor that fits the model, in JSON or as the whole binary
+    part, no parameters, no outputs), checked by hand; None for anything else, which the full
+    path then accepts or refuses with its message. Validating the envelope with pydantic costs
+    a fifth of a small model's request. Everything accepted here, the full path accepts with
+    the same result."""
     if type(document) is not dict or "parameters" in document or "outputs" in document:
         return None
     request_id = document.get("id")
@@ -203,28 +206,47 @@ def _plain_request(document: Any, signature: InputInfo) -> DecodedRequest | None
         return None
     if type(inputs) is not list:
         return None
-    if len(inputs) != 1 or type(tensor := inputs[0]) is not dict or "parameters" in tensor:
+    if len(inputs) != 1 or type(tensor := inputs[0]) is not dict or not _fits(tensor, signature):
         return None
-    array = _plain_tensor(tensor, signature)
+    array = _plain_binary(tensor, binary) if binary else _plain_tensor(tensor)
     if array is None:
         return None
     return DecodedRequest(request_id, {signature.name: array}, None, {}, False)
 
 
-def _plain_tensor(tensor: dict[str, Any], signature: InputInfo) -> np.ndarray | None:
-    datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
-    if (
-        tensor.get("name") != signature.name
-        or datatype != signature.datatype
-        or datatype not in JSON_KINDS
-        or type(data) is not list
-        or type(shape) is not list
-        or len(shape) != len(signature.shape)
-        or not all(
+def _fits(tensor: dict[str, Any], signature: InputInfo) -> bool:
+    """Whether the tensor's name, datatype and shape are the model's input's."""
+    shape = tensor.get("shape")
+    return (
+        tensor.get("name") == signature.name
+        and tensor.get("datatype") == signature.datatype
+        and type(shape) is list
+        and len(shape) == len(signature.shape)
+        and all(
             type(got) is int and got >= 0 and wanted in (-1, got)
             for got, wanted in zip(shape, signature.shape, strict=True)
         )
-    ):
+    )
+
+
+def _plain_binary(tensor: dict[str, Any], binary: bytes) -> np.ndarray | None:
+    """The tensor whose bytes are the whole binary part: `parameters` is only its size."""
+    parameters, datatype, shape = tensor.get("parameters"), tensor["datatype"], tensor["shape"]
+    if "data" in tensor or type(parameters) is not dict or len(parameters) != 1:
+        return None
+    dtype = DTYPES.get(datatype)
+    count = math.prod(shape)
+    size = parameters.get("binary_data_size")
+    if dtype is None or type(size) is not int or not size == count * dtype.itemsize == len(binary):
+        return None
+    return np.frombuffer(binary, dtype=dtype, count=count).reshape(shape)
+
+
+def _plain_tensor(tensor: dict[str, Any]) -> np.ndarray | None:
+    """The tensor's JSON `data`, when it holds numbers of its datatype's kind, as many as its
+    shape needs."""
+    datatype, shape, data = tensor["datatype"], tensor["shape"], tensor.get("data")
+    if "parameters" in tensor or datatype not in JSON_KINDS or type(data) is not list:
         return None
     dtype = DTYPES[datatype]
     try:

@@ -1,6 +1,7 @@
 """The v2 codec's plain path: what it takes, it decodes exactly as the full validation does.
 
-`decode_request` decodes the common request (one JSON tensor, no parameters, no outputs) by hand
+`decode_request` decodes the common request (one tensor in JSON or as the whole binary part,
+no parameters, no outputs) by hand
 and leaves everything else to pydantic's validation; the HTTP tests in test_v2.py check the
 errors, these check that the two paths can never disagree.
 """
@@ -94,6 +95,66 @@ LEFT = {
 @pytest.mark.parametrize("document", LEFT.values(), ids=LEFT.keys())
 def test_everything_else_is_left_to_the_full_validation(document: Any):
     assert codec._plain_request(document, SIGNATURE) is None
+
+
+def binary_tensor(rows: int = 1, **extra: Any) -> dict[str, Any]:
+    size = rows * len(ROW) * 4
+    shape = [rows, len(ROW)]
+    return {"name": SIGNATURE.name, "datatype": "FP32", "shape": shape,
+            "parameters": {"binary_data_size": size}, **extra}  # fmt: skip
+
+
+BLOB = np.float32([ROW, ROW[::-1]]).tobytes()
+BINARY_TAKEN = {
+    "one row": ({"inputs": [binary_tensor()]}, BLOB[:16]),
+    "two rows, an id": ({"id": "7", "inputs": [binary_tensor(2)]}, BLOB),
+    "extra keys": ({"model_name": "iris", "inputs": [binary_tensor(x_note=1)]}, BLOB[:16]),
+}
+
+
+@pytest.mark.parametrize(("document", "blob"), BINARY_TAKEN.values(), ids=BINARY_TAKEN.keys())
+def test_a_binary_tensor_the_plain_path_takes_equals_the_full_validation(
+    document: dict[str, Any], blob: bytes
+):
+    plain = codec._plain_request(document, SIGNATURE, blob)
+    assert plain is not None
+    full = codec._validated_request(document, blob, META)
+    assert (plain.id, plain.outputs, plain.binary_flags) == (full.id, None, {})
+    array = plain.inputs[SIGNATURE.name]
+    assert array.dtype == full.inputs[SIGNATURE.name].dtype == np.float32
+    np.testing.assert_array_equal(array, full.inputs[SIGNATURE.name])
+    np.testing.assert_array_equal(array, np.frombuffer(blob, np.float32).reshape(-1, 4))
+
+
+BINARY_LEFT = {
+    "a size that does not fit the shape": {"inputs": [{**binary_tensor(), "shape": [2, 4]}]},
+    "the size as a string": {"inputs": [binary_tensor(parameters={"binary_data_size": "16"})]},
+    "the size as a float": {"inputs": [binary_tensor(parameters={"binary_data_size": 16.0})]},
+    "the size as a bool": {"inputs": [binary_tensor(parameters={"binary_data_size": True})]},
+    "more parameters": {
+        "inputs": [binary_tensor(parameters={"binary_data_size": 16, "binary_data": True})]
+    },
+    "data as well": {"inputs": [binary_tensor(data=ROW)]},
+    "no size": {"inputs": [binary_tensor(parameters={})]},
+    "JSON data only": {"inputs": [tensor([ROW])]},
+    "wrong datatype": {"inputs": [binary_tensor(datatype="FP64")]},
+    "BYTES": {"inputs": [binary_tensor(datatype="BYTES")]},
+    "outputs": {"inputs": [binary_tensor()], "outputs": [{"name": "scores"}]},
+    "two inputs": {"inputs": [binary_tensor(), binary_tensor()]},
+}
+
+
+@pytest.mark.parametrize("document", BINARY_LEFT.values(), ids=BINARY_LEFT.keys())
+def test_any_other_binary_request_is_left_to_the_full_validation(document: Any):
+    assert codec._plain_request(document, SIGNATURE, BLOB[:16]) is None
+
+
+def test_a_binary_part_longer_or_shorter_than_the_tensor_is_left_to_the_full_validation():
+    document = {"inputs": [binary_tensor()]}
+    for blob in (BLOB, BLOB[:12]):
+        assert codec._plain_request(document, SIGNATURE, blob) is None
+        with pytest.raises(BadRequest, match="binary"):
+            codec.decode_request(codec.Body(orjson.dumps(document), blob), META)
 
 
 @pytest.mark.parametrize("count", [1, codec.SMALL, codec.SMALL + 4])
