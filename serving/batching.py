@@ -5,7 +5,8 @@ A batch leaves the queue when it holds `max_batch_size` rows, or when its oldest
 waited `max_delay_us`, whichever comes first, and only while no earlier batch of the same model
 is still running: under load, the requests that arrive during one run make up the next batch, so
 batches grow with the load and shrink to one request when it is light. `max_delay_us: 0` adds no
-wait at all; requests that arrive in the same turn of the event loop still merge.
+wait at all; requests that arrive in the same turn of the event loop still merge (while merging
+pays, below).
 
 The wait is spent only while it pays (as BentoML's adaptive dispatcher, unlike Triton's): while
 fewer than one batch in ten of late has merged two or more requests (one client, or clients
@@ -14,7 +15,7 @@ it runs at once when the model is free. Every 16th still waits one turn and ever
 whole delay, so the batcher notices when requests start to come together, and so does any
 batch that merges on its own (requests that arrive while a run is under way always merge). A
 lone client then pays next to nothing for batching: neither `max_delay_us` nor the loop turns
-(~35 µs a request on a 2-CPU VM, more than a small model's run).
+(they cost ~35 µs of CPU a request on a 2-CPU VM, more than a small model's run).
 
 Every request is validated before it joins the queue, so a malformed request fails alone and
 never reaches a batch. Should a merged run still fail, each of its requests is run again on its
