@@ -154,7 +154,7 @@ def main() -> None:
         f"| {DESCRIPTIONS[c]} | {n / 1000:,.0f}k | " + (f"{n / base:.2f}× |" if base else " |")
         for c, n in counts.items()
     )
-    command = f"python bench/instructions.py --requests {args.requests} {' '.join(args.cases)}"
+    command = " ".join(["python bench/instructions.py", f"--requests {args.requests}", *args.cases])
     text = f"""## Instructions per request (callgrind)
 
 `{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}.
