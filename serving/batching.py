@@ -202,9 +202,13 @@ class Batcher:
         does with a batch of one, without the queue, future and callbacks around it (they
         cost more than a small model's run)."""
         self._observer.queued(0.0)
-        self._observer.batch(rows, 1)
-        self._merged -= self._merged * MERGE_MEMORY
+        self._note_batch(rows, 1)
         return self._run(self.model, matrix, outputs)
+
+    def _note_batch(self, rows: int, requests: int) -> None:
+        """Report a run to the observer and count it in the share of batches that merged."""
+        self._observer.batch(rows, requests)
+        self._merged += ((requests > 1) - self._merged) * MERGE_MEMORY
 
     def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
         pending = [r.enqueued for b in self._in_flight for r in b if not r.future.done()]
@@ -262,8 +266,7 @@ class Batcher:
         if not batch:
             return
         rows = sum(r.rows for r in batch)
-        self._observer.batch(rows, len(batch))
-        self._merged += ((len(batch) > 1) - self._merged) * MERGE_MEMORY
+        self._note_batch(rows, len(batch))
         self._running += 1
         self._in_flight.append(batch)
         if self._inline(rows):
