@@ -378,12 +378,10 @@ def test_while_waiting_does_not_pay_every_256th_request_still_waits(iris: infere
     assert max(w for i, w in enumerate(waited[11:]) if i not in probes) < delay_s / 2
 
 
-def test_with_no_delay_a_lone_client_runs_at_once_and_overlapping_clients_merge_again(
-    iris: inference.Model,
-):
+def test_with_no_delay_a_lone_client_runs_at_once_and_overlapping_clients_merge_again():
     """Runs on the loop: requests of one turn merge only if the first waits for the turn, and a
     lone client stops paying that turn (its request runs inside `submit`)."""
-    model = inference.load(MODELS / "iris")
+    model = inference.load(MODELS / "iris")  # its own: the module's `iris` stays unmeasured
     model.warm_up(probe_rows=8)  # a measured cost: the batcher runs it on the loop
     batcher, batches = make_batcher(model, max_delay_us=0, inline_max_us=1e9)
     three = [rows_for(i, 1) for i in range(3)]
