@@ -24,13 +24,25 @@ from inference.runtime import RuntimeOptions, build_session
 
 @dataclass(frozen=True)
 class Latency:
-    """A session's measured cost: `fixed_s + rows * per_row_s` seconds for a batch."""
+    """A session's measured cost of a batch: `fixed_s + rows * per_row_s` seconds, fitted
+    between one row and `probe_rows` rows (which took `probe_s`).
+
+    Past `probe_rows` nothing was measured, and the fit's slope is fragile: for a small model
+    `probe_rows` rows cost barely more than one, so one slow one-row run (a busy machine) makes
+    the slope ~0 and any batch look free, and the service would run a 50,000-row request on its
+    event loop, past the request timeout. So a larger batch is also held to at least the probe's
+    cost per row (`probe_s / probe_rows`), a bound that noise can only raise."""
 
     fixed_s: float
     per_row_s: float
+    probe_rows: int
+    probe_s: float
 
     def estimate(self, rows: int) -> float:
-        return self.fixed_s + rows * self.per_row_s
+        fitted = self.fixed_s + rows * self.per_row_s
+        if rows <= self.probe_rows:
+            return fitted
+        return max(fitted, self.probe_s * rows / self.probe_rows)
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,12 @@ class Model:
 
         median_seconds(1, 3)  # first runs allocate; not measured
         one, many = median_seconds(1, 7), median_seconds(probe_rows, 3)
-        self.latency = Latency(fixed_s=one, per_row_s=max(0.0, (many - one) / (probe_rows - 1)))
+        self.latency = Latency(
+            fixed_s=one,
+            per_row_s=max(0.0, (many - one) / (probe_rows - 1)),
+            probe_rows=probe_rows,
+            probe_s=many,
+        )
         return self.latency
 
 

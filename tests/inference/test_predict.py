@@ -11,6 +11,7 @@ import pytest
 
 import inference
 from inference import InvalidInputError, ProviderUnavailableError, RuntimeOptions
+from inference.model import Latency
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -169,3 +170,20 @@ def test_threads_follow_the_container_cpu_quota(
         (tmp_path / name).write_text(text)
     host = len(os.sched_getaffinity(0))
     assert inference.available_cpus(tmp_path) == min(host, expected or host)
+
+
+def test_warm_up_measures_a_cost_that_grows_with_the_rows(iris_bundle: Path):
+    latency = inference.load(iris_bundle).warm_up(probe_rows=64)
+    assert latency.probe_rows == 64
+    assert 0 < latency.fixed_s <= latency.estimate(1) <= latency.estimate(64)
+    assert latency.estimate(64_000) >= 1000 * latency.probe_s * 0.999
+
+
+def test_past_the_probe_a_flat_fit_cannot_make_a_large_batch_look_free():
+    """A slow one-row run during warm-up (a busy machine) fits a slope of ~0; past the rows
+    that were measured, the probe's own cost per row still bounds the estimate."""
+    flat = Latency(fixed_s=25e-6, per_row_s=0.0, probe_rows=256, probe_s=22e-6)
+    assert flat.estimate(256) == pytest.approx(25e-6)  # measured range: the fit
+    assert flat.estimate(50_000) == pytest.approx(22e-6 * 50_000 / 256)
+    steep = Latency(fixed_s=1e-6, per_row_s=3e-6, probe_rows=10, probe_s=11e-6)
+    assert steep.estimate(1000) == pytest.approx(3001e-6)  # the fit, where it is higher

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from inference.model import Latency
 from tests.serving.conftest import ClientFactory
 
 BODY = {"instances": [70]}
@@ -88,8 +89,12 @@ def test_too_many_rows_is_413(make_client: ClientFactory):
     assert "4 rows in one request exceed the limit of 3" in response.json()["error"]
 
 
-def test_timeout_is_504_and_the_service_goes_on(make_client: ClientFactory):
+@pytest.mark.parametrize("noisy_warm_up", [False, True])
+def test_timeout_is_504_and_the_service_goes_on(make_client: ClientFactory, noisy_warm_up: bool):
     client = make_client(request_timeout_s=1e-9)
+    if noisy_warm_up:  # a slow one-row run fitted a flat cost: 50,000 rows must not look free
+        model = client.app.dataplane.model("side_effects")  # type: ignore[attr-defined]
+        model.latency = Latency(fixed_s=25e-6, per_row_s=0.0, probe_rows=256, probe_s=22e-6)
     response = client.post(PREDICT, json={"instances": list(range(1, 50_000))})
     assert response.status_code == 504
     assert "inference took longer than" in response.json()["error"]
