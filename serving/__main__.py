@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 from inference import ProviderUnavailableError, available_cpus
 from inference.errors import describe_problems
 from inference.runtime import resolve_providers
-from serving import logs
+from serving import logs, shared_metrics
 from serving.app import create_app
 from serving.settings import Settings
 
@@ -34,6 +36,11 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--port", type=int, help="port (default 8080)")
     p.add_argument("--workers", type=int, help="worker processes (default 1)")
+    p.add_argument(
+        "--metrics-dir",
+        type=Path,
+        help="where workers share their metrics (default: a temporary folder when workers > 1)",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--settings-file", type=Path, help="YAML or JSON file of settings")
@@ -62,6 +69,8 @@ def check(settings: Settings) -> None:
     missing = [m for m in settings.models if not (settings.repo / m).is_dir()]
     if missing:
         raise ValueError(f"model(s) {', '.join(missing)} are not in the repository {settings.repo}")
+    if settings.metrics_dir is not None:
+        shared_metrics.prepare(settings.metrics_dir)
 
 
 def export_to_env(settings: Settings) -> None:
@@ -105,11 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
-    else:
+        return 0
+    made = None
+    if settings.metrics_dir is None:  # the workers' scrapes need one to share their metrics
+        made = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
+        settings = settings.model_copy(update={"metrics_dir": made})
+    try:
         export_to_env(settings)
         uvicorn.run(
             "serving.app:create_app_from_env", factory=True, workers=settings.workers, **common
         )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     return 0
 
 

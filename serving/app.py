@@ -7,6 +7,7 @@ ready probe turns true only when every model has been loaded, verified and warme
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from serving.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from serving.protocol import health, repository_api, v1, v2
 from serving.repository import ModelRepository
 from serving.settings import Settings
+from serving.shared_metrics import SharedMetrics
 
 log = logging.getLogger("serving")
 
@@ -41,7 +43,8 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
 
 
 def create_app(settings: Settings) -> ServingApp:
-    metrics = Metrics()
+    shared = SharedMetrics(settings.metrics_dir) if settings.metrics_dir is not None else None
+    metrics = Metrics(shared)
     repository = ModelRepository(
         settings.repo,
         runtime_options(settings),
@@ -55,6 +58,9 @@ def create_app(settings: Settings) -> ServingApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         plane.start()
         loading = None if plane.loaded else asyncio.create_task(asyncio.to_thread(plane.load_all))
+        sharing = None
+        if shared is not None:
+            sharing = asyncio.create_task(metrics.share(settings.metrics_flush_s))
         try:
             yield
         finally:
@@ -62,6 +68,10 @@ def create_app(settings: Settings) -> ServingApp:
             if loading is not None:
                 await loading
             plane.close()
+            if sharing is not None:  # its last flush has the requests that just drained
+                sharing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sharing
 
     app = ServingApp(
         title="ONNX bundle serving",

@@ -7,17 +7,27 @@ and two additions under one uncontended lock (observations come from the event l
 the executor's threads, so the lock stays). The exposition is prometheus_client's own
 (`generate_latest` over a registered collector), with the same names, labels and buckets;
 only the optional `_created` series are left out.
+
+Each family can also hand out its values and merge in those of other worker processes
+(`peers`; see serving/shared_metrics.py), so that a scrape of one of several workers sees them
+all.
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -62,18 +72,58 @@ class CounterChild:
         return self._value
 
 
+class GaugeChild:
+    """A value that is set, not added to (rarely: a model's load time)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
 Child = TypeVar("Child")
+Labels = tuple[str, ...]
+Values = dict[Labels, Any]
+"""A family's values by label values: a float (counter, gauge) or `[counts, sum]`
+(histogram, counts per bucket, not cumulative); JSON-able once the keys are lists."""
 
 
-class _Family(Collector, Generic[Child]):
+@dataclass(frozen=True)
+class PeerValues:
+    """What another worker process last wrote of its metrics (serving/shared_metrics.py)."""
+
+    pid: int
+    alive: bool
+    families: dict[str, Values] = field(default_factory=dict)
+
+
+def no_peers() -> list[PeerValues]:
+    return []
+
+
+class Family(Collector, Generic[Child]):
     """A metric's children by label values, made on first use, exported by `collect`."""
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]):
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+    ):
+        """Registers the family, which collects it once: a subclass sets its own attributes
+        first."""
         self.name = name
         self.documentation = documentation
         self.labelnames = list(labelnames)
         self._children: dict[tuple[str, ...], Child] = {}
         self._lock = threading.Lock()
+        self.peers: Callable[[], list[PeerValues]] = no_peers
+        """Other processes' values to merge into each scrape (none: this process alone)."""
+        registry.register(self)
 
     def labels(self, *values: str) -> Child:
         if len(values) != len(self.labelnames):
@@ -91,8 +141,34 @@ class _Family(Collector, Generic[Child]):
         with self._lock:
             return list(self._children.items())
 
+    def values(self) -> Values:
+        """This process's values, a consistent copy per child."""
+        return {labels: self._value_of(child) for labels, child in self._items()}
 
-class Histogram(_Family[HistogramChild]):
+    def collect(self) -> Iterator[Metric]:
+        merged = self.values()
+        for peer in self.peers():
+            theirs = peer.families.get(self.name)
+            if theirs and self._counts(peer):
+                self._merge(merged, theirs)
+        yield self.metric(merged)
+
+    def _counts(self, peer: PeerValues) -> bool:
+        """Whether a peer's values count: a dead process's counts stay in the totals (they
+        never go back when a worker restarts), its gauges do not."""
+        return True
+
+    def _value_of(self, child: Child) -> Any:
+        raise NotImplementedError
+
+    def _merge(self, into: Values, theirs: Values) -> None:
+        raise NotImplementedError
+
+    def metric(self, values: Values) -> Metric:
+        raise NotImplementedError
+
+
+class Histogram(Family[HistogramChild]):
     def __init__(
         self,
         name: str,
@@ -101,44 +177,108 @@ class Histogram(_Family[HistogramChild]):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ):
-        super().__init__(name, documentation, labelnames)
         self.bounds = sorted(float(b) for b in buckets)
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self.bounds)
 
-    def collect(self) -> Iterator[Metric]:
+    def _value_of(self, child: HistogramChild) -> Any:
+        counts, total = child.snapshot()
+        return [counts, total]
+
+    def _merge(self, into: Values, theirs: Values) -> None:
+        size = len(self.bounds) + 1
+        for labels, (counts, total) in theirs.items():
+            if len(counts) != size:
+                continue  # other buckets: not the same histogram
+            mine = into.get(labels)
+            if mine is None:
+                into[labels] = [list(counts), total]
+            else:
+                into[labels] = [
+                    [a + b for a, b in zip(mine[0], counts, strict=True)],
+                    mine[1] + total,
+                ]
+
+    def metric(self, values: Values) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, child in self._items():
-            counts, total = child.snapshot()
+        for labels, (counts, total) in values.items():
             cumulative, buckets = 0, []
             for bound, count in zip([*self.bounds, float("inf")], counts, strict=True):
                 cumulative += count
                 buckets.append((_le(bound), cumulative))
-            family.add_metric(list(values), buckets, total)
-        yield family
+            family.add_metric(list(labels), buckets, total)
+        return family
 
 
-class Counter(_Family[CounterChild]):
+class Counter(Family[CounterChild]):
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
+
+    def _value_of(self, child: CounterChild) -> Any:
+        return child.value
+
+    def _merge(self, into: Values, theirs: Values) -> None:
+        for labels, value in theirs.items():
+            into[labels] = into.get(labels, 0.0) + value
+
+    def metric(self, values: Values) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in values.items():
+            family.add_metric(list(labels), value)
+        return family
+
+
+class Gauge(Family[GaugeChild]):
+    """A gauge; across processes, live ones only, summed (`sum`) or the largest (`max`).
+    `function` gives the value of a gauge without labels, read at each scrape."""
+
     def __init__(
         self,
         name: str,
         documentation: str,
         labelnames: Sequence[str],
         registry: CollectorRegistry,
+        *,
+        across_processes: Literal["sum", "max"],
+        function: Callable[[], float] | None = None,
     ):
-        super().__init__(name, documentation, labelnames)
-        registry.register(self)
+        if function is not None and labelnames:
+            raise ValueError(f"{name}: a gauge read from a function has no labels")
+        self._across = across_processes
+        self._function = function
+        super().__init__(name, documentation, labelnames, registry)
 
-    def _new_child(self) -> CounterChild:
-        return CounterChild()
+    def _new_child(self) -> GaugeChild:
+        return GaugeChild()
 
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, child in self._items():
-            family.add_metric(list(values), child.value)
-        yield family
+    def values(self) -> Values:
+        if self._function is not None:
+            return {(): float(self._function())}
+        return super().values()
+
+    def _counts(self, peer: PeerValues) -> bool:
+        return peer.alive
+
+    def _value_of(self, child: GaugeChild) -> Any:
+        return child.value
+
+    def _merge(self, into: Values, theirs: Values) -> None:
+        for labels, value in theirs.items():
+            mine = into.get(labels)
+            if mine is None:
+                into[labels] = value
+            elif self._across == "sum":
+                into[labels] = mine + value
+            else:
+                into[labels] = max(mine, value)
+
+    def metric(self, values: Values) -> Metric:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in values.items():
+            family.add_metric(list(labels), value)
+        return family
 
 
 def _le(bound: float) -> str:

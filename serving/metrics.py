@@ -1,26 +1,36 @@
 """Prometheus metrics, per app (no global registry), and the middleware that records requests.
 
 Requests are labelled by model, version, endpoint (the route template, never the raw path, so
-a scan of random URLs cannot blow up the label count) and status.
+a scan of random URLs cannot blow up the label count) and status. With several worker processes
+each scrape adds the other processes' values (serving/shared_metrics.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.batching import BatchObserver
-from serving.cheap_metrics import Counter, Histogram
+from serving.cheap_metrics import Counter, Family, Gauge, Histogram, PeerValues
+from serving.shared_metrics import SharedMetrics
+
+log = logging.getLogger("serving")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384, 65536)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedMetrics | None = None) -> None:
+        self.shared = shared
+        """Where this process shares its values with the server's other workers (None: alone)."""
+        self._peers: list[PeerValues] = []
+        """The other workers' values, read once per scrape."""
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, str, int], Any] = {}
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
@@ -76,14 +86,34 @@ class Metrics:
         self.answering = 0
         """Requests being answered, counted on the event loop (a plain int: the gauge's own
         locked increments cost more per request); read when metrics are scraped."""
-        self.in_flight = Gauge("serving_requests_in_flight", "Requests being answered", registry=r)
-        self.in_flight.set_function(lambda: self.answering)
+        self.in_flight = Gauge(
+            "serving_requests_in_flight",
+            "Requests being answered",
+            [],
+            registry=r,
+            across_processes="sum",
+            function=lambda: self.answering,
+        )
         self.load_seconds = Gauge(
             "serving_model_load_duration_seconds",
             "Time to load, verify and warm up a model version",
             ["model", "version"],
             registry=r,
+            across_processes="max",
         )
+        self._families: list[Family[Any]] = [
+            self.requests,
+            self.request_seconds,
+            self.inference_seconds,
+            self.rows,
+            self.batch_rows,
+            self.batch_requests,
+            self.queue_seconds,
+            self.in_flight,
+            self.load_seconds,
+        ]
+        for family in self._families:
+            family.peers = lambda: self._peers
 
     def observe_inference(self, model: str, version: int, seconds: float) -> None:
         """One `session.run` (a request's rows, or a merged batch's)."""
@@ -133,8 +163,33 @@ class Metrics:
         self.load_seconds.labels(model, str(version)).set(seconds)
 
     def exposition(self) -> bytes:
-        data: bytes = generate_latest(self.registry)
+        """The Prometheus text: this process's values, plus the other workers' if shared."""
+        self._peers = self.shared.read_peers() if self.shared is not None else []
+        try:
+            data: bytes = generate_latest(self.registry)
+        finally:
+            self._peers = []
         return data
+
+    def flush(self) -> None:
+        """Write this process's values for the other workers' scrapes (when shared)."""
+        if self.shared is not None:
+            self.shared.write({f.name: f.values() for f in self._families})
+
+    async def share(self, every_s: float) -> None:
+        """Flush every `every_s` until cancelled, then once more (the lifespan runs it)."""
+        try:
+            while True:
+                await self._flush_in_thread()
+                await asyncio.sleep(every_s)
+        finally:
+            await self._flush_in_thread()
+
+    async def _flush_in_thread(self) -> None:
+        try:
+            await asyncio.to_thread(self.flush)  # a file write: not on the event loop
+        except OSError as e:
+            log.warning("could not share this worker's metrics: %s", e)
 
 
 class MetricsMiddleware:

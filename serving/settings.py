@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     """One JSON object per log line (for Kubernetes log collectors)."""
     access_log: bool = False
     """Log every request (the metrics count them anyway)."""
+    metrics_dir: Path | None = None
+    """Where worker processes share their metrics, so that a scrape of any one sees them all;
+    `python -m serving` makes a temporary folder when `workers` > 1 and none is set, and clears
+    this one's `metrics-*.json` files at start."""
+    metrics_flush_s: float = Field(default=1.0, gt=0)
+    """How often each worker writes its metrics to `metrics_dir` (a scrape may miss another
+    worker's last this-many seconds; the next one has them)."""
     settings_file: Path | None = None
     """A YAML or JSON file of these settings; env vars and flags override it."""
 

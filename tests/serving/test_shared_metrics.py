@@ -1,0 +1,239 @@
+"""Several worker processes, one set of metrics: whichever worker a scrape reaches, it sees them
+all (counters of dead workers kept, gauges of live ones only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving import shared_metrics
+from serving.metrics import Metrics
+from serving.shared_metrics import SharedMetrics
+from tests.serving.conftest import Server
+from tests.serving.test_metrics import sample
+
+PREDICT = "/v1/models/side_effects:predict"
+ENDPOINT = "/v1/models/{name}:predict"
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def traffic(metrics: Metrics, requests: int, *, load_s: float, answering: int) -> None:
+    for _ in range(requests):
+        metrics.observe_request("side_effects", "1", ENDPOINT, 200, 0.002)
+        metrics.observe_request_rows("side_effects", 1, 3)
+    metrics.model_loaded("side_effects", 1, load_s)
+    metrics.answering = answering
+
+
+def test_a_scrape_adds_the_other_workers_values(tmp_path: Path):
+    here = Metrics(SharedMetrics(tmp_path))
+    traffic(here, 3, load_s=0.5, answering=1)
+    live = Metrics(SharedMetrics(tmp_path, pid=os.getppid()))  # a process that runs
+    traffic(live, 4, load_s=2.0, answering=2)
+    live.flush()
+
+    text = here.exposition().decode()
+    labels = {"model": "side_effects", "version": "1"}
+    assert sample(text, "serving_requests_total", **labels, endpoint=ENDPOINT, status="200") == 7
+    assert sample(text, "serving_request_duration_seconds_count", **labels) == 7
+    assert sample(text, "serving_request_duration_seconds_bucket", **labels, le="0.0025") == 7
+    assert sample(text, "serving_request_rows_sum", **labels) == 21
+    assert "serving_requests_in_flight 3.0" in text  # summed
+    assert sample(text, "serving_model_load_duration_seconds", **labels) == 2.0  # the longest
+    # a scrape adds the others' values to its output, never into this process's own
+    assert sample(here.exposition().decode(), "serving_request_rows_count", **labels) == 7
+    here.flush()
+    assert json.loads(here.shared.file.read_text())["families"]["serving_request_rows"] == [  # type: ignore[union-attr]
+        [["side_effects", "1"], [[0, 0, 3] + [0] * 11, 9.0]]
+    ]
+
+
+def test_a_dead_workers_counts_stay_and_its_gauges_go(tmp_path: Path):
+    here = Metrics(SharedMetrics(tmp_path))
+    traffic(here, 1, load_s=0.5, answering=0)
+    dead = Metrics(SharedMetrics(tmp_path, pid=dead_pid()))
+    traffic(dead, 5, load_s=9.0, answering=4)
+    dead.flush()
+
+    text = here.exposition().decode()
+    labels = {"model": "side_effects", "version": "1"}
+    assert sample(text, "serving_requests_total", **labels, endpoint=ENDPOINT, status="200") == 6
+    assert "serving_requests_in_flight 0.0" in text
+    assert sample(text, "serving_model_load_duration_seconds", **labels) == 0.5
+
+
+def test_alone_a_worker_writes_nothing_and_scrapes_only_itself(tmp_path: Path):
+    metrics = Metrics(None)
+    traffic(metrics, 2, load_s=0.1, answering=0)
+    metrics.flush()
+    assert list(tmp_path.iterdir()) == []
+    text = metrics.exposition().decode()
+    assert sample(text, "serving_request_rows_count", model="side_effects", version="1") == 2
+
+
+def test_an_unreadable_file_is_left_out_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    here = Metrics(SharedMetrics(tmp_path))
+    traffic(here, 2, load_s=0.1, answering=0)
+    (tmp_path / "metrics-12345.json").write_text("{not json")
+    other_buckets = {"pid": os.getppid(), "families": {"serving_request_rows": [
+        [["side_effects", "1"], [[1, 2], 3.0]]
+    ]}}  # fmt: skip
+    (tmp_path / "metrics-12346.json").write_text(json.dumps(other_buckets))
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        first = here.exposition().decode()
+        here.exposition()
+    assert sample(first, "serving_request_rows_count", model="side_effects", version="1") == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "metrics-12345.json is unreadable, left out of scrapes" in warnings[0]
+
+
+def test_prepare_clears_a_previous_runs_files_and_explains_an_unusable_folder(tmp_path: Path):
+    folder = tmp_path / "metrics"
+    shared_metrics.prepare(folder)
+    (folder / "metrics-1.json").write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+    shared_metrics.prepare(folder)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match=f"metrics folder {a_file / 'm'} cannot be used"):
+        shared_metrics.prepare(a_file / "m")
+
+
+def test_cli_refuses_a_metrics_folder_it_cannot_write(tmp_path: Path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--repo", "models", "--metrics-dir", str(a_file)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: metrics folder {a_file} cannot be used")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def scrape_total(url: str) -> float:
+    """Requests answered by predict, from one scrape on a new connection (any worker)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    try:
+        return sample(text, "serving_requests_total", endpoint=ENDPOINT, status="200")
+    except AssertionError:
+        return 0.0
+
+
+def wait_for_total(url: str, want: float, timeout: float = 20) -> list[float]:
+    """Scrapes until eight in a row see `want`; returns the last eight."""
+    deadline = time.monotonic() + timeout
+    seen: list[float] = []
+    while time.monotonic() < deadline:
+        seen = [*seen, scrape_total(url)][-8:]
+        if seen == [want] * 8:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"scrapes saw {seen}, want {want} in each")
+
+
+def workers_ready(server: Server, folder: Path) -> None:
+    """Both workers have started (a file each) and loaded their models (20 ready answers in
+    a row, each on a new connection, so from either worker)."""
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("metrics-*.json"))) < 2:
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.1)
+    ready = 0
+    while ready < 20:
+        assert time.monotonic() < deadline, server.output()
+        ok = httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+        ready = ready + 1 if ok else 0
+
+
+@pytest.mark.slow
+def test_two_workers_any_scrape_sees_every_request_even_after_one_is_killed(tmp_path: Path):
+    folder = tmp_path / "metrics"
+    server = Server(
+        "--repo",
+        "models",
+        "--workers",
+        "2",
+        "--metrics-dir",
+        str(folder),
+        env={"SERVING_METRICS_FLUSH_S": "0.1"},
+    ).wait_ready()
+    try:
+        workers_ready(server, folder)
+        sent = 0
+        while sent < 1000:  # until both workers answered some, whichever the kernel chose
+            for _ in range(10):  # a new connection each: the kernel spreads them over workers
+                answer = httpx.post(f"{server.url}{PREDICT}", json={"instances": [20]}, timeout=10)
+                assert answer.status_code == 200
+            sent += 10
+            time.sleep(0.2)  # a flush
+            answered = {p: predicted(p) for p in folder.glob("metrics-*.json")}
+            if len(answered) == 2 and min(answered.values()) > 0:
+                break
+        assert min(answered.values()) > 0, answered
+        wait_for_total(server.url, sent)
+        answered = {p: predicted(p) for p in folder.glob("metrics-*.json")}
+        assert sum(answered.values()) == sent
+        pids = sorted(int(p.stem.split("-")[1]) for p in answered)
+
+        os.kill(pids[0], signal.SIGKILL)  # a worker dies; uvicorn starts another
+        deadline = time.monotonic() + 60
+        while len(list(folder.glob("metrics-*.json"))) < 3:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        wait_for_total(server.url, sent)  # the dead worker's requests still count
+    finally:
+        server.stop()
+
+
+def predicted(path: Path) -> float:
+    """Requests answered by predict, from one worker's file."""
+    data = json.loads(path.read_text())
+    return sum(
+        value
+        for labels, value in data["families"]["serving_requests"]
+        if labels[2:] == [ENDPOINT, "200"]
+    )
+
+
+@pytest.mark.slow
+def test_without_a_folder_several_workers_share_a_temporary_one_removed_at_exit(tmp_path: Path):
+    server = Server(
+        "--repo",
+        "models",
+        "--workers",
+        "2",
+        env={"TMPDIR": str(tmp_path), "SERVING_METRICS_FLUSH_S": "0.1"},
+    ).wait_ready()
+    try:
+        made = list(tmp_path.glob("serving-metrics-*"))
+        assert len(made) == 1
+        workers_ready(server, made[0])
+        for _ in range(10):
+            assert httpx.post(f"{server.url}{PREDICT}", json={"instances": [70]}).status_code == 200
+        wait_for_total(server.url, 10)
+    finally:
+        server.stop()
+    assert list(tmp_path.glob("serving-metrics-*")) == []
