@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from inference import ProviderUnavailableError, available_cpus
+from inference import ProviderUnavailableError
 from inference.errors import describe_problems
 from inference.runtime import resolve_providers
 from serving import logs, shared_metrics
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.host,
         settings.port,
         ",".join(settings.providers),
-        settings.intra_op_threads or available_cpus(),
+        settings.session_threads,
     )
     common: dict[str, Any] = {
         "host": settings.host,

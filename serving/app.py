@@ -36,7 +36,7 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
     return inference.RuntimeOptions(
         providers=tuple(settings.providers),
         allow_cpu_fallback=settings.allow_cpu_fallback,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.session_threads,
         allow_spinning=settings.allow_spinning,
         allow_tf32=settings.allow_tf32,
     )

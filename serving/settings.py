@@ -17,6 +17,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from inference import available_cpus
+
 MIB = 1024 * 1024
 
 
@@ -52,7 +54,17 @@ class Settings(BaseSettings):
     allow_cpu_fallback: bool = False
     """Serve on the CPU when a requested accelerator is unavailable, instead of failing."""
     intra_op_threads: int | None = Field(default=None, ge=1)
-    """onnxruntime threads per session; default: the CPUs this container may use."""
+    """onnxruntime threads per session; default: the CPUs this container may use, shared
+    between the `workers` (at least one each)."""
+
+    @property
+    def session_threads(self) -> int:
+        """`intra_op_threads`, or the CPUs shared between the worker processes: N processes
+        with all CPUs' threads each would oversubscribe the machine N times over."""
+        if self.intra_op_threads is not None:
+            return self.intra_op_threads
+        return max(1, available_cpus() // self.workers)
+
     allow_spinning: bool = False
     """onnxruntime's threads spin between runs: lower latency on an idle machine, but they take
     CPU from the event loop when it is busy (off by default: measured in bench/RESULTS.md)."""

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from inference import available_cpus
 from serving.settings import Settings
+from tests.serving.conftest import running_app
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -35,3 +37,18 @@ def test_unknown_settings_are_refused(tmp_path: Path):
     file.write_text('{"prot": 80}')
     with pytest.raises(ValueError, match="prot"):
         Settings.load(settings_file=file)
+
+
+def test_worker_processes_share_the_cpus_between_their_sessions():
+    cpus = available_cpus()
+    assert Settings().session_threads == cpus
+    assert Settings(workers=2).session_threads == max(1, cpus // 2)
+    assert Settings(workers=cpus * 4).session_threads == 1
+    assert Settings(workers=2, intra_op_threads=3).session_threads == 3  # set: as set
+
+
+def test_the_served_sessions_use_those_threads():
+    with running_app(workers=2, models=["iris"]) as client:
+        model = client.app.dataplane.model("iris")  # type: ignore[attr-defined]
+        threads = model.session.get_session_options().intra_op_num_threads
+    assert threads == max(1, available_cpus() // 2)
