@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, Measurement, Process, machine, median, to_json, write_section, wrk
 from bench.models import WIDE_FEATURES, make_wide_bundle
+from inference import available_cpus
 
 
 def make_repository(folder: Path) -> Path:
@@ -198,14 +199,13 @@ def table(results: dict[tuple[str, int], Measurement], concurrencies: list[int])
 
 
 NO_SPIN = {"SERVING_ALLOW_SPINNING": "false"}
+CPUS = available_cpus()
 THREAD_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "1 process, 2 threads, spinning": ([], {"SERVING_ALLOW_SPINNING": "true"}),
-    "1 process, 2 threads, no spinning": ([], NO_SPIN),
+    f"1 process, {CPUS} threads, spinning": ([], {"SERVING_ALLOW_SPINNING": "true"}),
+    f"1 process, {CPUS} threads, no spinning": ([], NO_SPIN),
     "1 process, 1 thread, no spinning": (["--intra-op-threads", "1"], NO_SPIN),
-    "2 processes, 1 thread each, no spinning": (
-        ["--workers", "2", "--intra-op-threads", "1"],
-        NO_SPIN,
-    ),
+    # `--workers 2` alone: the workers share the CPUs between their sessions by default
+    f"2 processes, {max(1, CPUS // 2)} thread(s) each, no spinning": (["--workers", "2"], NO_SPIN),
 }
 """The study behind the thread defaults: the CPUs split between onnxruntime and processes."""
 
