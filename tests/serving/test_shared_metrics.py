@@ -237,3 +237,25 @@ def test_without_a_folder_several_workers_share_a_temporary_one_removed_at_exit(
     finally:
         server.stop()
     assert list(tmp_path.glob("serving-metrics-*")) == []
+
+
+@pytest.mark.slow
+def test_each_worker_writes_its_last_counts_when_it_stops(tmp_path: Path):
+    folder = tmp_path / "metrics"
+    server = Server(
+        "--repo",
+        "models",
+        "--workers",
+        "2",
+        "--metrics-dir",
+        str(folder),
+        env={"SERVING_METRICS_FLUSH_S": "3600"},  # written at start and at the stop only
+    ).wait_ready()
+    try:
+        workers_ready(server, folder)
+        for _ in range(12):
+            assert httpx.post(f"{server.url}{PREDICT}", json={"instances": [70]}).status_code == 200
+        assert sum(predicted(p) for p in folder.glob("metrics-*.json")) == 0
+    finally:
+        server.stop()
+    assert sum(predicted(p) for p in folder.glob("metrics-*.json")) == 12
