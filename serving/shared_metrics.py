@@ -74,12 +74,22 @@ class SharedMetrics:
 
 
 def _parse(data: Any) -> PeerValues:
+    """A file's values, checked to be numbers or histograms, so that a damaged file fails
+    here (left out, with a warning) and never in the middle of a scrape."""
     pid = int(data["pid"])
     families: dict[str, Values] = {
-        str(name): {tuple(str(v) for v in labels): value for labels, value in values}
+        str(name): {tuple(str(v) for v in labels): _value(value) for labels, value in values}
         for name, values in data["families"].items()
     }
     return PeerValues(pid=pid, alive=pid_alive(pid), families=families)
+
+
+def _value(value: Any) -> Any:
+    """A counter's or gauge's number, or a histogram's `[counts, sum]`."""
+    if isinstance(value, list):
+        counts, total = value
+        return [[int(c) for c in counts], float(total)]
+    return float(value)
 
 
 def pid_alive(pid: int) -> bool:

@@ -85,12 +85,16 @@ def test_alone_a_worker_writes_nothing_and_scrapes_only_itself(tmp_path: Path):
     assert sample(text, "serving_request_rows_count", model="side_effects", version="1") == 2
 
 
-def test_an_unreadable_file_is_left_out_with_one_warning(
+def test_an_unreadable_file_is_left_out_with_one_warning_each(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     here = Metrics(SharedMetrics(tmp_path))
     traffic(here, 2, load_s=0.1, answering=0)
     (tmp_path / "metrics-12345.json").write_text("{not json")
+    damaged = {"pid": os.getppid(), "families": {"serving_request_rows": [
+        [["side_effects", "1"], [None, 3.0]]
+    ]}}  # fmt: skip
+    (tmp_path / "metrics-12347.json").write_text(json.dumps(damaged))
     other_buckets = {"pid": os.getppid(), "families": {"serving_request_rows": [
         [["side_effects", "1"], [[1, 2], 3.0]]
     ]}}  # fmt: skip
@@ -100,8 +104,9 @@ def test_an_unreadable_file_is_left_out_with_one_warning(
         here.exposition()
     assert sample(first, "serving_request_rows_count", model="side_effects", version="1") == 2
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1
+    assert len(warnings) == 2  # once each, not at every scrape
     assert "metrics-12345.json is unreadable, left out of scrapes" in warnings[0]
+    assert "metrics-12347.json is unreadable, left out of scrapes" in warnings[1]
 
 
 def test_prepare_clears_a_previous_runs_files_and_explains_an_unusable_folder(tmp_path: Path):
