@@ -3,8 +3,9 @@
 Why: with `--workers N` uvicorn runs N processes behind one socket, and a scrape reaches one of
 them. Each keeps its counters in memory (serving/cheap_metrics.py: an observation is a bisect
 and two additions), so a scrape would see one process's share, a different one each time.
-prometheus_client's multiprocess mode writes every observation to a memory-mapped file instead,
-which costs more per observation than our whole set of four per request. Here each process
+prometheus_client's multiprocess mode writes every observation to a memory-mapped file instead:
+2.6 µs a histogram observation, against 1.6 µs for all of a request's observations here (a
+counter and three histograms; timeit, 2-CPU VM, 2026-11-23). Here each process
 copies its values to a file of its own every `metrics_flush_s` (1 s) and when it stops, and the
 process that answers a scrape adds the others' files to its own live values.
 
