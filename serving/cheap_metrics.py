@@ -9,8 +9,7 @@ the executor's threads, so the lock stays). The exposition is prometheus_client'
 only the optional `_created` series are left out.
 
 Each family can also hand out its values and merge in those of other worker processes
-(`peers`; see serving/shared_metrics.py), so that a scrape of one of several workers sees them
-all.
+(serving/shared_metrics.py), so that a scrape of one of several workers sees them all.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -97,15 +96,14 @@ class PeerValues:
 
     pid: int
     alive: bool
+    """Gauges count only while their process runs; counts stay after it died."""
     families: dict[str, Values] = field(default_factory=dict)
-
-
-def no_peers() -> list[PeerValues]:
-    return []
 
 
 class Family(Collector, Generic[Child]):
     """A metric's children by label values, made on first use, exported by `collect`."""
+
+    kind: ClassVar[Literal["counter", "gauge", "histogram"]]
 
     def __init__(
         self,
@@ -121,8 +119,6 @@ class Family(Collector, Generic[Child]):
         self.labelnames = list(labelnames)
         self._children: dict[tuple[str, ...], Child] = {}
         self._lock = threading.Lock()
-        self.peers: Callable[[], list[PeerValues]] = no_peers
-        """Other processes' values to merge into each scrape (none: this process alone)."""
         registry.register(self)
 
     def labels(self, *values: str) -> Child:
@@ -146,12 +142,21 @@ class Family(Collector, Generic[Child]):
         return {labels: self._value_of(child) for labels, child in self._items()}
 
     def collect(self) -> Iterator[Metric]:
-        merged = self.values()
-        for peer in self.peers():
+        yield self.metric(self.values())
+
+    @property
+    def buckets(self) -> int:
+        """Counts per value (a histogram's buckets and +Inf); 0 for a plain number."""
+        return 0
+
+    def merge_peers(self, own: Values, peers: Sequence[PeerValues]) -> Values:
+        """`own` values plus the other processes' (checked by the reader to fit this family)."""
+        merged = dict(own)
+        for peer in peers:
             theirs = peer.families.get(self.name)
             if theirs and self._counts(peer):
                 self._merge(merged, theirs)
-        yield self.metric(merged)
+        return merged
 
     def _counts(self, peer: PeerValues) -> bool:
         """Whether a peer's values count: a dead process's counts stay in the totals (they
@@ -180,6 +185,12 @@ class Histogram(Family[HistogramChild]):
         self.bounds = sorted(float(b) for b in buckets)
         super().__init__(name, documentation, labelnames, registry)
 
+    kind = "histogram"
+
+    @property
+    def buckets(self) -> int:
+        return len(self.bounds) + 1
+
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self.bounds)
 
@@ -188,10 +199,7 @@ class Histogram(Family[HistogramChild]):
         return [counts, total]
 
     def _merge(self, into: Values, theirs: Values) -> None:
-        size = len(self.bounds) + 1
         for labels, (counts, total) in theirs.items():
-            if len(counts) != size:
-                continue  # other buckets: not the same histogram
             mine = into.get(labels)
             if mine is None:
                 into[labels] = [list(counts), total]
@@ -213,6 +221,8 @@ class Histogram(Family[HistogramChild]):
 
 
 class Counter(Family[CounterChild]):
+    kind = "counter"
+
     def _new_child(self) -> CounterChild:
         return CounterChild()
 
@@ -249,6 +259,8 @@ class Gauge(Family[GaugeChild]):
         self._across = across_processes
         self._function = function
         super().__init__(name, documentation, labelnames, registry)
+
+    kind = "gauge"
 
     def _new_child(self) -> GaugeChild:
         return GaugeChild()

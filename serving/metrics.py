@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.batching import BatchObserver
-from serving.cheap_metrics import Counter, Family, Gauge, Histogram, PeerValues
+from serving.cheap_metrics import Counter, Family, Gauge, Histogram, Values
 from serving.shared_metrics import SharedMetrics
 
 log = logging.getLogger("serving")
@@ -29,8 +32,9 @@ class Metrics:
     def __init__(self, shared: SharedMetrics | None = None) -> None:
         self.shared = shared
         """Where this process shares its values with the server's other workers (None: alone)."""
-        self._peers: list[PeerValues] = []
-        """The other workers' values, read once per scrape."""
+        self._writing = threading.Lock()
+        """One write of this process's file at a time, each of a snapshot taken under it (a
+        periodic flush and a scrape's, or the flush at stop, must not cross)."""
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, str, int], Any] = {}
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
@@ -112,8 +116,7 @@ class Metrics:
             self.in_flight,
             self.load_seconds,
         ]
-        for family in self._families:
-            family.peers = lambda: self._peers
+        self._schema = {f.name: (f.kind, len(f.labelnames), f.buckets) for f in self._families}
 
     def observe_inference(self, model: str, version: int, seconds: float) -> None:
         """One `session.run` (a request's rows, or a merged batch's)."""
@@ -163,18 +166,35 @@ class Metrics:
         self.load_seconds.labels(model, str(version)).set(seconds)
 
     def exposition(self) -> bytes:
-        """The Prometheus text: this process's values, plus the other workers' if shared."""
-        self._peers = self.shared.read_peers() if self.shared is not None else []
-        try:
-            data: bytes = generate_latest(self.registry)
-        finally:
-            self._peers = []
-        return data
+        """The Prometheus text: this process's values, plus the other workers' if shared.
 
-    def flush(self) -> None:
-        """Write this process's values for the other workers' scrapes (when shared)."""
-        if self.shared is not None:
-            self.shared.write({f.name: f.values() for f in self._families})
+        Shared, it shows exactly what it first writes to its own file: a value shown by one
+        worker is on disk for the next scrape, whichever worker answers that one, so totals
+        never go back (Prometheus would take a drop for a counter reset)."""
+        if self.shared is None:
+            return bytes(generate_latest(self.registry))
+        try:
+            own = self.flush()
+        except OSError as e:
+            log.warning("could not share this worker's metrics: %s", e)
+            own = self._snapshot()
+        peers = self.shared.read_peers(self._schema)
+        merged = [f.metric(f.merge_peers(own[f.name], peers)) for f in self._families]
+        registry = CollectorRegistry()
+        registry.register(_Collected(merged))
+        return bytes(generate_latest(registry))
+
+    def flush(self) -> dict[str, Values]:
+        """Write this process's values for the other workers' scrapes (when shared); returns
+        what was written."""
+        with self._writing:
+            own = self._snapshot()
+            if self.shared is not None:
+                self.shared.write(own)
+        return own
+
+    def _snapshot(self) -> dict[str, Values]:
+        return {f.name: f.values() for f in self._families}
 
     async def share(self, every_s: float) -> None:
         """Flush every `every_s` until cancelled, then once more (the lifespan runs it)."""
@@ -190,6 +210,16 @@ class Metrics:
             await asyncio.to_thread(self.flush)  # a file write: not on the event loop
         except OSError as e:
             log.warning("could not share this worker's metrics: %s", e)
+
+
+class _Collected:
+    """Metrics already merged for one scrape, in the shape `generate_latest` reads."""
+
+    def __init__(self, metrics: list[Metric]):
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._metrics)
 
 
 class MetricsMiddleware:

@@ -18,7 +18,7 @@ import pytest
 from serving import shared_metrics
 from serving.metrics import Metrics
 from serving.shared_metrics import SharedMetrics
-from tests.serving.conftest import Server
+from tests.serving.conftest import Server, running_app
 from tests.serving.test_metrics import sample
 
 PREDICT = "/v1/models/side_effects:predict"
@@ -85,37 +85,95 @@ def test_alone_a_worker_writes_nothing_and_scrapes_only_itself(tmp_path: Path):
     assert sample(text, "serving_request_rows_count", model="side_effects", version="1") == 2
 
 
-def test_an_unreadable_file_is_left_out_with_one_warning_each(
+ROWS = ["side_effects", "1"]
+DAMAGED: dict[str, object] = {
+    "not JSON": "{not json",
+    "families not a mapping": {"pid": 1, "started": 0, "families": [1]},
+    "a histogram under a counter": {
+        "pid": 1, "started": 0, "families": {"serving_requests": [[["m", "1", "/", "200"], [[1], 1.0]]]}
+    },
+    "a number under a histogram": {
+        "pid": 1, "started": 0, "families": {"serving_request_rows": [[ROWS, 3.0]]}
+    },
+    "other buckets": {
+        "pid": 1, "started": 0, "families": {"serving_request_rows": [[ROWS, [[1, 2], 3.0]]]}
+    },
+    "counts that are not counts": {
+        "pid": 1, "started": 0, "families": {"serving_request_rows": [[ROWS, [None, 3.0]]]}
+    },
+    "labels that do not fit": {
+        "pid": 1, "started": 0, "families": {"serving_requests": [[["m"], 1.0]]}
+    },
+    "a process id no process can have": {"pid": 2**40, "started": 0, "families": {}, "x": []},
+}  # fmt: skip
+
+
+def test_a_damaged_file_is_left_out_with_one_warning_each(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     here = Metrics(SharedMetrics(tmp_path))
     traffic(here, 2, load_s=0.1, answering=0)
-    (tmp_path / "metrics-12345.json").write_text("{not json")
-    damaged = {"pid": os.getppid(), "families": {"serving_request_rows": [
-        [["side_effects", "1"], [None, 3.0]]
-    ]}}  # fmt: skip
-    (tmp_path / "metrics-12347.json").write_text(json.dumps(damaged))
-    other_buckets = {"pid": os.getppid(), "families": {"serving_request_rows": [
-        [["side_effects", "1"], [[1, 2], 3.0]]
-    ]}}  # fmt: skip
-    (tmp_path / "metrics-12346.json").write_text(json.dumps(other_buckets))
+    for i, content in enumerate(DAMAGED.values()):
+        text = content if isinstance(content, str) else json.dumps(content)
+        (tmp_path / f"metrics-{i}-ab.json").write_text(text)
     with caplog.at_level(logging.WARNING, logger="serving"):
         first = here.exposition().decode()
         here.exposition()
     assert sample(first, "serving_request_rows_count", model="side_effects", version="1") == 2
+    assert 'serving_requests_total{endpoint="/"' not in first
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 2  # once each, not at every scrape
-    assert "metrics-12345.json is unreadable, left out of scrapes" in warnings[0]
-    assert "metrics-12347.json is unreadable, left out of scrapes" in warnings[1]
+    # once each, not at every scrape; the last file is well formed, only its process is gone
+    assert len(warnings) == len(DAMAGED) - 1, warnings
+    assert all("is unreadable, left out of scrapes" in w for w in warnings)
+
+
+def test_the_app_answers_a_scrape_beside_a_damaged_file(tmp_path: Path):
+    (tmp_path / "metrics-7-ab.json").write_text(json.dumps(DAMAGED["families not a mapping"]))
+    with running_app(metrics_dir=tmp_path) as client:
+        assert client.get("/metrics").status_code == 200
+
+
+def test_totals_never_go_back_whichever_worker_answers(tmp_path: Path):
+    a = Metrics(SharedMetrics(tmp_path))
+    b = Metrics(SharedMetrics(tmp_path, pid=os.getppid()))
+    traffic(b, 1, load_s=0.1, answering=0)
+    b.flush()
+    seen = []
+    for step in range(6):
+        traffic(a, 10, load_s=0.1, answering=0)  # between its flushes
+        if step == 2:
+            a.flush()
+        scraped = (a if step % 2 == 0 else b).exposition().decode()
+        seen.append(
+            sample(scraped, "serving_request_rows_count", model="side_effects", version="1")
+        )
+    # a drop would read as a counter reset in Prometheus; b shows what a last showed
+    assert seen == [11, 11, 31, 31, 51, 51]
+
+
+def test_a_process_id_taken_over_keeps_the_old_files_counts_not_its_gauges(tmp_path: Path):
+    here = Metrics(SharedMetrics(tmp_path))
+    pid = os.getppid()  # a running process, as a new worker that got a dead one's id
+    old, new = Metrics(SharedMetrics(tmp_path, pid=pid)), Metrics(SharedMetrics(tmp_path, pid=pid))
+    traffic(old, 5, load_s=7.0, answering=3)
+    old.flush()
+    traffic(new, 1, load_s=0.2, answering=1)
+    new.flush()
+    assert len(list(tmp_path.glob("metrics-*.json"))) == 2  # its own file each
+    text = here.exposition().decode()
+    labels = {"model": "side_effects", "version": "1"}
+    assert sample(text, "serving_request_rows_count", **labels) == 6
+    assert "serving_requests_in_flight 1.0" in text
+    assert sample(text, "serving_model_load_duration_seconds", **labels) == 0.2
 
 
 def test_prepare_clears_a_previous_runs_files_and_explains_an_unusable_folder(tmp_path: Path):
     folder = tmp_path / "metrics"
     shared_metrics.prepare(folder)
-    (folder / "metrics-1.json").write_text("{}")
-    (folder / "notes.txt").write_text("mine")
+    for name in ("metrics-1-ab12.json", "metrics-2-cd34.tmp", "metrics-report.json", "notes"):
+        (folder / name).write_text("{}")
     shared_metrics.prepare(folder)
-    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics-report.json", "notes"]
     a_file = tmp_path / "file"
     a_file.write_text("")
     with pytest.raises(ValueError, match=f"metrics folder {a_file / 'm'} cannot be used"):
