@@ -90,7 +90,9 @@ def create_app(settings: Settings) -> ServingApp:
         responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
     )
     async def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+        # in a thread: with several workers a scrape writes and reads files
+        text = await asyncio.to_thread(metrics.exposition)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     install_handlers(app)
     # The same protection and metrics, in the same order, in front of FastAPI's routes and of

@@ -35,6 +35,8 @@ class Metrics:
         self._writing = threading.Lock()
         """One write of this process's file at a time, each of a snapshot taken under it (a
         periodic flush and a scrape's, or the flush at stop, must not cross)."""
+        self._written: dict[str, Values] | None = None
+        """What this process last wrote to its file."""
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, str, int], Any] = {}
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
@@ -175,9 +177,9 @@ class Metrics:
             return bytes(generate_latest(self.registry))
         try:
             own = self.flush()
-        except OSError as e:
+        except OSError as e:  # show no more than is on disk, or the next scrape could drop
             log.warning("could not share this worker's metrics: %s", e)
-            own = self._snapshot()
+            own = self._written or {f.name: {} for f in self._families}
         peers = self.shared.read_peers(self._schema)
         merged = [f.metric(f.merge_peers(own[f.name], peers)) for f in self._families]
         registry = CollectorRegistry()
@@ -191,6 +193,7 @@ class Metrics:
             own = self._snapshot()
             if self.shared is not None:
                 self.shared.write(own)
+                self._written = own
         return own
 
     def _snapshot(self) -> dict[str, Values]:

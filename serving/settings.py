@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     this one's `metrics-*.json` files at start."""
     metrics_flush_s: float = Field(default=1.0, gt=0)
     """How often each worker writes its metrics to `metrics_dir` (a scrape may miss another
-    worker's last this-many seconds; the next one has them)."""
+    worker's last this-many seconds, and a later one shows them)."""
     settings_file: Path | None = None
     """A YAML or JSON file of these settings; env vars and flags override it."""
 

@@ -30,9 +30,11 @@ is set.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +47,8 @@ from serving.cheap_metrics import PeerValues, Values
 log = logging.getLogger("serving")
 FILE_NAME = re.compile(r"metrics-\d+-[0-9a-f]+\.(json|tmp)")
 """Our files (and half-written ones); nothing else in the folder is read or cleared."""
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Far above a snapshot (a few KB for a handful of models)."""
 Schema = Mapping[str, tuple[str, int, int]]
 """Family name → (kind, number of labels, counts per histogram value or 0), to check files."""
 
@@ -78,13 +82,18 @@ class SharedMetrics:
         """The other processes' last values. A file that does not fit `schema` (damaged, or
         not ours) is left out with one warning: it never fails a scrape."""
         peers: list[tuple[float, PeerValues]] = []
-        for path in sorted(self.folder.iterdir()):
+        try:
+            paths = sorted(self.folder.iterdir())
+        except OSError as e:
+            log.warning("metrics folder %s is unreadable, left out: %s", self.folder, e)
+            return []
+        for path in paths:
             if path == self.file or not path.name.endswith(".json"):
-                continue
+                continue  # ours, or a write under way (.tmp)
             if not FILE_NAME.fullmatch(path.name):
                 continue
             try:
-                peers.append(_parse(orjson.loads(path.read_bytes()), schema))
+                peers.append(_parse(orjson.loads(_read_regular(path)), schema))
             except FileNotFoundError:
                 continue  # cleared while we listed the folder
             except Exception as e:  # any damage at all: this file only is left out
@@ -99,6 +108,17 @@ class SharedMetrics:
             PeerValues(peer.pid, peer.alive and newest[peer.pid] == started, peer.families)
             for started, peer in peers
         ]
+
+
+def _read_regular(path: Path) -> bytes:
+    """A plain file's bytes; a pipe or device (which could block a scrape or fill the memory)
+    or a file far larger than any snapshot is refused."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{info.st_size} bytes, more than a snapshot can be")
+    return path.read_bytes()
 
 
 def _parse(data: Any, schema: Schema) -> tuple[float, PeerValues]:
@@ -120,13 +140,20 @@ def _parse(data: Any, schema: Schema) -> tuple[float, PeerValues]:
 def _value(name: str, kind: str, buckets: int, value: Any) -> Any:
     """A counter's or gauge's number, or a histogram's `[counts, sum]` with its buckets."""
     if kind != "histogram":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name}: {value!r} is not a number")
-        return float(value)
+        number = _number(name, value)
+        if kind == "counter" and number < 0:
+            raise ValueError(f"{name}: a count of {value!r}")
+        return number
     counts, total = value
-    if len(counts) != buckets or not all(isinstance(c, int) for c in counts):
+    if len(counts) != buckets or not all(type(c) is int and c >= 0 for c in counts):
         raise ValueError(f"{name}: {counts!r} are not {buckets} bucket counts")
-    return [list(counts), float(total)]
+    return [list(counts), _number(name, total)]
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}: {value!r} is not a finite number")
+    return float(value)
 
 
 def pid_alive(pid: int) -> bool:

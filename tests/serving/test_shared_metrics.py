@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,8 +105,15 @@ DAMAGED: dict[str, object] = {
     "labels that do not fit": {
         "pid": 1, "started": 0, "families": {"serving_requests": [[["m"], 1.0]]}
     },
+    "a negative count": {
+        "pid": 1, "started": 0, "families": {"serving_requests": [[["m", "1", "/", "200"], -99]]}
+    },
+    "a sum that is a string": {
+        "pid": 1, "started": 0, "families": {"serving_request_rows": [[ROWS, [[0] * 14, "nan"]]]}
+    },
     "a process id no process can have": {"pid": 2**40, "started": 0, "families": {}, "x": []},
 }  # fmt: skip
+"""The last one is well formed: only its process is gone."""
 
 
 def test_a_damaged_file_is_left_out_with_one_warning_each(
@@ -116,15 +124,43 @@ def test_a_damaged_file_is_left_out_with_one_warning_each(
     for i, content in enumerate(DAMAGED.values()):
         text = content if isinstance(content, str) else json.dumps(content)
         (tmp_path / f"metrics-{i}-ab.json").write_text(text)
+    os.mkfifo(tmp_path / "metrics-99-ab.json")  # reading it would block the scrape for good
+    other = Metrics(SharedMetrics(tmp_path, pid=os.getppid()))
+    traffic(other, 50, load_s=0.1, answering=0)
+    other.flush()
+    assert other.shared is not None
+    written = other.shared.file.read_text()
+    other.shared.file.unlink()
+    (tmp_path / "metrics-98-ab.tmp").write_text(written)  # a write under way
+    (tmp_path / "metrics-report.json").write_text(written)  # someone else's file
     with caplog.at_level(logging.WARNING, logger="serving"):
         first = here.exposition().decode()
         here.exposition()
     assert sample(first, "serving_request_rows_count", model="side_effects", version="1") == 2
     assert 'serving_requests_total{endpoint="/"' not in first
     warnings = [r.getMessage() for r in caplog.records]
-    # once each, not at every scrape; the last file is well formed, only its process is gone
-    assert len(warnings) == len(DAMAGED) - 1, warnings
+    assert len(warnings) == len(DAMAGED) - 1 + 1, warnings  # once each, not at every scrape
     assert all("is unreadable, left out of scrapes" in w for w in warnings)
+    assert any(
+        "metrics-99-ab.json is unreadable" in w and "not a regular file" in w for w in warnings
+    )
+
+
+def test_without_its_folder_a_scrape_shows_what_was_last_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    folder = tmp_path / "metrics"
+    shared_metrics.prepare(folder)
+    here = Metrics(SharedMetrics(folder))
+    traffic(here, 10, load_s=0.1, answering=0)
+    here.flush()
+    traffic(here, 5, load_s=0.1, answering=0)
+    shutil.rmtree(folder)
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        text = here.exposition().decode()
+    # 15 counted, 10 written: another worker's next scrape could show only those 10
+    assert sample(text, "serving_request_rows_count", model="side_effects", version="1") == 10
+    assert "could not share this worker's metrics" in caplog.text
 
 
 def test_the_app_answers_a_scrape_beside_a_damaged_file(tmp_path: Path):
@@ -155,6 +191,11 @@ def test_a_process_id_taken_over_keeps_the_old_files_counts_not_its_gauges(tmp_p
     here = Metrics(SharedMetrics(tmp_path))
     pid = os.getppid()  # a running process, as a new worker that got a dead one's id
     old, new = Metrics(SharedMetrics(tmp_path, pid=pid)), Metrics(SharedMetrics(tmp_path, pid=pid))
+    for metrics, started, token in ((old, 1.0, "ffff"), (new, 2.0, "0000")):
+        shared = metrics.shared
+        assert shared is not None
+        shared.started = started  # the newest is live, whatever the order of the names
+        shared.file = tmp_path / f"metrics-{pid}-{token}.json"
     traffic(old, 5, load_s=7.0, answering=3)
     old.flush()
     traffic(new, 1, load_s=0.2, answering=1)
