@@ -134,11 +134,23 @@ def machine() -> str:
     import onnxruntime
 
     cpus = len(os.sched_getaffinity(0))
-    processor = platform.processor() or platform.machine()
+    processor = cpu_model() or platform.processor() or platform.machine()
     return (
         f"{cpus} CPUs ({processor}), Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}"
     )
+
+
+def cpu_model() -> str | None:
+    """The processor's name (Linux): runs on an Intel and an AMD host of the same size differ
+    (the wide model's one-row run, for one), so a table says which it came from."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def write_section(name: str, text: str) -> None:
