@@ -35,7 +35,9 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     p.add_argument("--models", help="serve only these models, comma-separated")
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--port", type=int, help="port (default 8080)")
-    p.add_argument("--workers", type=int, help="worker processes (default 1)")
+    p.add_argument(
+        "--workers", help="worker processes, or auto: one per CPU (default 1)", metavar="N|auto"
+    )
     p.add_argument(
         "--metrics-dir",
         type=Path,

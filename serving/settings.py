@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     """Address to bind; `0.0.0.0` in a container."""
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
-    """uvicorn worker processes, each with its own sessions."""
+    """uvicorn worker processes, each with its own sessions; `auto`: one per CPU this container
+    may use (the measured best for throughput, at the cost of a copy of every model each)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     """One JSON object per log line (for Kubernetes log collectors)."""
@@ -94,6 +95,17 @@ class Settings(BaseSettings):
     """An inference running longer answers 504."""
     drain_timeout_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return available_cpus()
+            if not text.isdigit():
+                raise ValueError(f"{value!r} is neither a number of processes nor auto")
+        return value
 
     @field_validator("providers", "models", mode="before")
     @classmethod

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from inference import available_cpus
 from serving.settings import Settings
+from tests.conftest import REPO
 from tests.serving.conftest import running_app
 
 
@@ -52,3 +56,26 @@ def test_the_served_sessions_use_those_threads():
         model = client.app.dataplane.model("iris")  # type: ignore[attr-defined]
         threads = model.session.get_session_options().intra_op_num_threads
     assert threads == max(1, available_cpus() // 2)
+
+
+def test_workers_auto_is_one_per_cpu_and_anything_else_is_explained():
+    assert Settings(workers="auto").workers == available_cpus()  # type: ignore[arg-type]
+    assert Settings(workers="2").workers == 2  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="'two' is neither a number of processes nor auto"):
+        Settings(workers="two")  # type: ignore[arg-type]
+
+
+def test_cli_explains_bad_workers_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--repo", "models", "--workers", "two"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid settings: workers: Value error, "
+        "'two' is neither a number of processes nor auto"
+    ]
