@@ -99,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_json)
     log.info(
-        "serving %s on http://%s:%d with providers %s, %d onnxruntime thread(s) per session",
+        "serving %s on http://%s:%d with providers %s: %d worker process(es), "
+        "%d onnxruntime thread(s) per session",
         settings.repo,
         settings.host,
         settings.port,
         ",".join(settings.providers),
+        settings.workers,
         settings.session_threads,
     )
     common: dict[str, Any] = {
