@@ -88,10 +88,8 @@ class SharedMetrics:
             log.warning("metrics folder %s is unreadable, left out: %s", self.folder, e)
             return []
         for path in paths:
-            if path == self.file or not path.name.endswith(".json"):
-                continue  # ours, or a write under way (.tmp)
-            if not FILE_NAME.fullmatch(path.name):
-                continue
+            if path == self.file or path.suffix != ".json" or not FILE_NAME.fullmatch(path.name):
+                continue  # ours, a write under way (.tmp), or not a metrics file
             try:
                 peers.append(_parse(orjson.loads(_read_regular(path)), schema))
             except FileNotFoundError:

@@ -81,6 +81,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m serving ...` to its end (a start that fails), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "serving", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
 class Server:
     """`python -m serving` in a subprocess on 127.0.0.1, as a user starts it."""
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -17,8 +15,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 import inference
-from tests.conftest import MODELS, REPO
-from tests.serving.conftest import Server
+from tests.conftest import MODELS
+from tests.serving.conftest import Server, run_cli
 
 SIDE_EFFECTS = inference.load(MODELS / "side_effects")
 IRIS = inference.load(MODELS / "iris")
@@ -164,20 +162,6 @@ def test_several_workers_serve():
         assert answers == {"setosa"}
     finally:
         assert server.stop() in (0, -signal.SIGTERM)
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "serving", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +9,7 @@ from pydantic import ValidationError
 
 from inference import available_cpus
 from serving.settings import Settings
-from tests.conftest import REPO
-from tests.serving.conftest import running_app
+from tests.serving.conftest import run_cli, running_app
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -66,14 +63,7 @@ def test_workers_auto_is_one_per_cpu_and_anything_else_is_explained():
 
 
 def test_cli_explains_bad_workers_in_one_line():
-    result = subprocess.run(
-        [sys.executable, "-m", "serving", "--repo", "models", "--workers", "two"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    result = run_cli("--repo", "models", "--workers", "two")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: invalid settings: workers: Value error, "

@@ -19,7 +19,7 @@ import pytest
 from serving import shared_metrics
 from serving.metrics import Metrics
 from serving.shared_metrics import SharedMetrics
-from tests.serving.conftest import Server, running_app
+from tests.serving.conftest import Server, run_cli, running_app
 from tests.serving.test_metrics import sample
 
 PREDICT = "/v1/models/side_effects:predict"
@@ -224,14 +224,7 @@ def test_prepare_clears_a_previous_runs_files_and_explains_an_unusable_folder(tm
 def test_cli_refuses_a_metrics_folder_it_cannot_write(tmp_path: Path):
     a_file = tmp_path / "file"
     a_file.write_text("")
-    result = subprocess.run(
-        [sys.executable, "-m", "serving", "--repo", "models", "--metrics-dir", str(a_file)],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[2],
-        timeout=60,
-    )
+    result = run_cli("--repo", "models", "--metrics-dir", str(a_file))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: metrics folder {a_file} cannot be used")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -272,20 +265,25 @@ def workers_ready(server: Server, folder: Path) -> None:
         ready = ready + 1 if ok else 0
 
 
-@pytest.mark.slow
-def test_two_workers_any_scrape_sees_every_request_even_after_one_is_killed(tmp_path: Path):
-    folder = tmp_path / "metrics"
+def two_workers(folder: Path, flush_s: str) -> Server:
+    """`python -m serving --workers 2 --metrics-dir folder`, both workers ready."""
     server = Server(
-        "--repo",
-        "models",
-        "--workers",
-        "2",
-        "--metrics-dir",
-        str(folder),
-        env={"SERVING_METRICS_FLUSH_S": "0.1"},
+        *("--repo", "models", "--workers", "2", "--metrics-dir", str(folder)),
+        env={"SERVING_METRICS_FLUSH_S": flush_s},
     ).wait_ready()
     try:
         workers_ready(server, folder)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.mark.slow
+def test_two_workers_any_scrape_sees_every_request_even_after_one_is_killed(tmp_path: Path):
+    folder = tmp_path / "metrics"
+    server = two_workers(folder, flush_s="0.1")
+    try:
         sent = 0
         while sent < 1000:  # until both workers answered some, whichever the kernel chose
             for _ in range(10):  # a new connection each: the kernel spreads them over workers
@@ -346,17 +344,8 @@ def test_without_a_folder_several_workers_share_a_temporary_one_removed_at_exit(
 @pytest.mark.slow
 def test_each_worker_writes_its_last_counts_when_it_stops(tmp_path: Path):
     folder = tmp_path / "metrics"
-    server = Server(
-        "--repo",
-        "models",
-        "--workers",
-        "2",
-        "--metrics-dir",
-        str(folder),
-        env={"SERVING_METRICS_FLUSH_S": "3600"},  # written at start and at the stop only
-    ).wait_ready()
+    server = two_workers(folder, flush_s="3600")  # written at start and at the stop only
     try:
-        workers_ready(server, folder)
         for _ in range(12):
             assert httpx.post(f"{server.url}{PREDICT}", json={"instances": [70]}).status_code == 200
         assert sum(predicted(p) for p in folder.glob("metrics-*.json")) == 0
