@@ -1,0 +1,158 @@
+"""Responses ready in the same turn of the loop leave together; a lone client's are not held.
+
+Whether a response waited for a turn of the loop is observed without timing: a callback put
+on the loop (`call_soon`) just before has run by the time the response is sent if, and only
+if, the request gave up the loop on its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+
+from serving.app import create_app
+from serving.batching import TURN_PROBE_EVERY
+from serving.coalescing import Coalescer
+from serving.hot_path import ServingApp
+from serving.settings import Settings
+from tests.conftest import MODELS
+
+
+async def held(coalescer: Coalescer) -> bool:
+    """Whether this response was held for a turn of the loop."""
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    await coalescer.hold()
+    return bool(turned)
+
+
+def test_responses_of_one_turn_are_held_together_while_they_come_in_groups():
+    async def main() -> None:
+        coalescer = Coalescer()
+        for _ in range(50):
+            assert await asyncio.gather(*(held(coalescer) for _ in range(4))) == [True] * 4
+        assert coalescer.holding
+
+    asyncio.run(main())
+
+
+def test_a_lone_clients_responses_stop_being_held_but_probes_go_on():
+    async def main() -> None:
+        coalescer = Coalescer()
+        first = [await held(coalescer) for _ in range(20)]
+        assert first[:5] == [True] * 5  # a new server holds from its first requests
+        assert not coalescer.holding
+        later = [await held(coalescer) for _ in range(10 * TURN_PROBE_EVERY)]
+        assert sum(later) == 10  # every 16th is still held, to notice clients that overlap
+
+    asyncio.run(main())
+
+
+def test_clients_that_start_to_overlap_are_noticed():
+    async def main() -> None:
+        coalescer = Coalescer()
+        for _ in range(40):
+            await coalescer.hold()
+        assert not coalescer.holding
+        rounds = 0
+        while not coalescer.holding:  # a probe finds the others of its turn
+            await asyncio.gather(*(held(coalescer) for _ in range(5)))
+            rounds += 1
+        assert rounds <= TURN_PROBE_EVERY
+        assert await asyncio.gather(*(held(coalescer) for _ in range(4))) == [True] * 4
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_response_leaves_its_group_complete():
+    async def main() -> None:
+        coalescer = Coalescer()
+        waiting = asyncio.ensure_future(coalescer.hold())
+        await asyncio.sleep(0)  # it holds
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.gather(*(held(coalescer) for _ in range(3))) == [True] * 3
+        assert coalescer.holding
+
+    asyncio.run(main())
+
+
+@asynccontextmanager
+async def served(**settings: Any) -> AsyncIterator[ServingApp]:
+    """The real app over the committed models, its lifespan run, models loaded."""
+    app = create_app(Settings(repo=MODELS, inline_max_us=1e9, **settings))
+    async with app.router.lifespan_context(app):
+        while not app.dataplane.ready:
+            await asyncio.sleep(0.02)
+        yield app
+
+
+class Exchange:
+    """One request called on the ASGI app, recording the order of what happens on the loop."""
+
+    def __init__(self, app: ServingApp, ages: list[int], log: list[str], name: str):
+        self.app, self.log, self.name = app, log, name
+        self.body = orjson.dumps({"instances": [{"age": a} for a in ages]})
+        self.status = 0
+        self.answer = b""
+
+    async def __call__(self) -> None:
+        scope = {
+            "type": "http", "method": "POST", "path": "/v1/models/side_effects:predict",
+            "headers": [(b"content-type", b"application/json")], "query_string": b"",
+            "root_path": "", "app": self.app,
+        }  # fmt: skip
+        await self.app(scope, self.receive, self.send)
+
+    async def receive(self) -> dict[str, Any]:
+        self.log.append(f"read {self.name}")
+        return {"type": "http.request", "body": self.body, "more_body": False}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.log.append(f"send {self.name}")
+            self.status = message["status"]
+        else:
+            self.answer += message.get("body", b"")
+
+
+def test_concurrent_requests_are_all_answered_before_the_first_response_leaves():
+    async def main() -> None:
+        async with served() as app:
+            log: list[str] = []
+            exchanges = [Exchange(app, [20 + i] * (i + 1), log, str(i)) for i in range(5)]
+            exchanges.append(Exchange(app, [], log, "bad"))  # fails alone, in the same group
+            await asyncio.gather(*(e() for e in exchanges))
+            reads = [i for i, entry in enumerate(log) if entry.startswith("read")]
+            sends = [i for i, entry in enumerate(log) if entry.startswith("send")]
+            assert len(sends) == 6 and max(reads) < min(sends), log
+            for i, exchange in enumerate(exchanges[:5]):
+                assert exchange.status == 200
+                assert len(orjson.loads(exchange.answer)["predictions"]) == i + 1
+            assert exchanges[5].status == 400
+            assert b"empty" in exchanges[5].answer
+
+    asyncio.run(main())
+
+
+def test_a_lone_clients_responses_leave_without_a_turn_of_the_loop():
+    async def main() -> None:
+        async with served() as app:
+            turns = []
+            for i in range(4 * TURN_PROBE_EVERY):
+                log: list[str] = []
+                turned: list[bool] = []
+                asyncio.get_running_loop().call_soon(turned.append, True)
+                exchange = Exchange(app, [30 + i % 50], log, "one")
+                await exchange()
+                assert exchange.status == 200
+                turns.append(bool(turned))
+            assert sum(turns[-3 * TURN_PROBE_EVERY :]) <= 3  # the probes alone
+
+    asyncio.run(main())
