@@ -91,7 +91,8 @@ class Model:
         self._session_run = _direct_run(session)
         self._run_options = ort.RunOptions()
         """One for every run (only read by onnxruntime): given None, it makes one per run,
-        a tenth of a small model's run."""
+        a tenth of a small model's run. Setting anything on it (`terminate`, config entries)
+        would reach every run of this model in flight."""
 
     @classmethod
     def load(

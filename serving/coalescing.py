@@ -11,9 +11,13 @@ and the next turn reads them all at once (side_effects at 16 and 64 clients with
 Holding costs a turn of the loop, so a response is held only while holding pays, with the same
 rule as the adaptive batcher's wait (`serving.batching`): while fewer than one group in ten of
 late held two or more responses (one client, or clients that never overlap), a response leaves
-at once, and every 16th is still held so that clients that start to overlap are noticed. A
-response is never held longer than the rest of its turn: its group is what the loop was
-already answering.
+at once, and every 16th is still held so that clients that start to overlap are noticed. A new
+server holds its first ~10 responses, until it has learnt that.
+
+A held response leaves in the next turn, after what that turn runs ahead of it: the others
+of its group, and with adaptive batching possibly the next batch's run on the loop (up to
+`inline_max_us`). Batched responses are held too: they wake in one turn already, but letting
+them go without the hold measured slower (0.86-1.00x the requests/s in an interleaved A/B).
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ class Coalescer:
         had, like the batcher's, so a busy server holds from its first requests)."""
         self._skipped = 0
         self._group = 0
-        """Responses held in the group now forming (0: none)."""
+        """Responses held since the last group went on (0: none). Close to a turn's group but
+        not exact (the first of a group to go on closes it, whatever else the next turn runs
+        around it); the rule only needs to know whether responses come together at all."""
 
     @property
     def holding(self) -> bool:
