@@ -12,15 +12,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
+import inference
 from serving.app import create_app
 from serving.batching import TURN_PROBE_EVERY
 from serving.coalescing import Coalescer
 from serving.hot_path import ServingApp
 from serving.settings import Settings
 from tests.conftest import MODELS
+from tests.serving.conftest import Server
+from tests.serving.test_batching import outputs_of, rows_for, send_together, v2_body
 
 
 async def turns(coalescer: Coalescer) -> int:
@@ -171,3 +175,23 @@ def test_a_lone_clients_responses_leave_without_a_turn_of_the_loop():
             assert sum(turns[-3 * TURN_PROBE_EVERY :]) <= 3  # the probes alone
 
     asyncio.run(main())
+
+
+def test_a_real_server_under_concurrent_clients_answers_each_its_own(server: Server):
+    """Without batching, concurrent responses are held and leave together: each still reaches
+    its own client, the bad one included."""
+    iris = inference.load(MODELS / "iris")
+    for round_ in range(3):
+        counts = [1 + (i * 5 + round_) % 7 for i in range(15)]
+        bodies = [
+            ("/v2/models/iris/infer", v2_body(rows_for(16 * round_ + i, n)))
+            for i, n in enumerate(counts)
+        ]
+        bodies.append(("/v1/models/iris:predict", {"instances": []}))
+        answers = send_together(server.url, bodies)
+        for i, (count, answer) in enumerate(zip(counts, answers[:-1], strict=True)):
+            expected = iris.predict(rows_for(16 * round_ + i, count))
+            got = outputs_of(answer)
+            np.testing.assert_allclose(got["scores"], expected.scores, rtol=1e-6, atol=1e-6)
+        assert answers[-1].status_code == 400
+        assert "empty" in answers[-1].json()["error"]
