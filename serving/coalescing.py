@@ -17,7 +17,8 @@ server holds its first ~10 responses, until it has learnt that.
 A held response leaves in the next turn, after what that turn runs ahead of it: the others
 of its group, and with adaptive batching possibly the next batch's run on the loop (up to
 `inline_max_us`). Batched responses are held too: they wake in one turn already, but letting
-them go without the hold measured slower (0.86-1.00x the requests/s in an interleaved A/B).
+them go without the hold was no clear win (0.86-1.14x the requests/s across two interleaved
+A/Bs on a noisy VM; bench/RESULTS.md).
 """
 
 from __future__ import annotations
