@@ -18,7 +18,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -83,7 +83,13 @@ class GaugeChild:
         self.value = float(value)
 
 
+class HasValue(Protocol):
+    @property
+    def value(self) -> float: ...
+
+
 Child = TypeVar("Child")
+NumberChild = TypeVar("NumberChild", bound=HasValue)
 Labels = tuple[str, ...]
 Values = dict[Labels, Any]
 """A family's values by label values: a float (counter, gauge) or `[counts, sum]`
@@ -220,27 +226,35 @@ class Histogram(Family[HistogramChild]):
         return family
 
 
-class Counter(Family[CounterChild]):
-    kind = "counter"
+class _Number(Family[NumberChild]):
+    """A family of plain numbers (counters and gauges): one value per child, exported as
+    `metric_type`."""
 
-    def _new_child(self) -> CounterChild:
-        return CounterChild()
+    metric_type: ClassVar[type[CounterMetricFamily] | type[GaugeMetricFamily]]
 
-    def _value_of(self, child: CounterChild) -> Any:
+    def _value_of(self, child: NumberChild) -> Any:
         return child.value
 
-    def _merge(self, into: Values, theirs: Values) -> None:
-        for labels, value in theirs.items():
-            into[labels] = into.get(labels, 0.0) + value
-
     def metric(self, values: Values) -> Metric:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self.metric_type(self.name, self.documentation, labels=self.labelnames)
         for labels, value in values.items():
             family.add_metric(list(labels), value)
         return family
 
 
-class Gauge(Family[GaugeChild]):
+class Counter(_Number[CounterChild]):
+    kind = "counter"
+    metric_type = CounterMetricFamily
+
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
+
+    def _merge(self, into: Values, theirs: Values) -> None:
+        for labels, value in theirs.items():
+            into[labels] = into.get(labels, 0.0) + value
+
+
+class Gauge(_Number[GaugeChild]):
     """A gauge; across processes, live ones only, summed (`sum`) or the largest (`max`).
     `function` gives the value of a gauge without labels, read at each scrape."""
 
@@ -261,6 +275,7 @@ class Gauge(Family[GaugeChild]):
         super().__init__(name, documentation, labelnames, registry)
 
     kind = "gauge"
+    metric_type = GaugeMetricFamily
 
     def _new_child(self) -> GaugeChild:
         return GaugeChild()
@@ -273,9 +288,6 @@ class Gauge(Family[GaugeChild]):
     def _counts(self, peer: PeerValues) -> bool:
         return peer.alive
 
-    def _value_of(self, child: GaugeChild) -> Any:
-        return child.value
-
     def _merge(self, into: Values, theirs: Values) -> None:
         for labels, value in theirs.items():
             mine = into.get(labels)
@@ -285,12 +297,6 @@ class Gauge(Family[GaugeChild]):
                 into[labels] = mine + value
             else:
                 into[labels] = max(mine, value)
-
-    def metric(self, values: Values) -> Metric:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, value in values.items():
-            family.add_metric(list(labels), value)
-        return family
 
 
 def _le(bound: float) -> str:
