@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -99,6 +100,8 @@ def _first(value: int | None, default: int) -> int:
 
 @dataclass(eq=False)
 class _Request:
+    model: inference.Model
+    """Held by the request while it is queued or running (the batcher holds it weakly)."""
     matrix: np.ndarray
     outputs: list[str]
     future: asyncio.Future[Outputs]
@@ -140,7 +143,10 @@ class Batcher:
         max_running: int = 1,
         observer: BatchObserver | None = None,
     ):
-        self.model = model
+        self._model = weakref.ref(model)
+        """Weakly: the service keeps one batcher per model version, keyed weakly by the version
+        (`DataPlane`), and a batcher that held its key would keep every reloaded or unloaded
+        version alive, its session with it. The requests in its queue hold the model."""
         self.config = config
         self._run = run
         self._executor = executor
@@ -164,17 +170,26 @@ class Batcher:
         a small model's run). It fires at the oldest pending request's deadline, fails the
         requests whose time is up, and re-arms for the next oldest."""
 
+    @property
+    def model(self) -> inference.Model:
+        """The model version, while anything else holds it (the caller of `submit` does)."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the batcher's model version is gone")
+        return model
+
     async def submit(self, matrix: np.ndarray, outputs: list[str] | None) -> Outputs:
         """Queue validated rows; their outputs come back when their batch has run."""
+        model = self.model
         wait, turn = self._waits()
         if not turn and not self._queue and self._running < self._max_running:
             rows = int(matrix.shape[0])
-            if self._inline(rows):
-                return self._run_at_once(matrix, rows, outputs)
+            if self._inline(model, rows):
+                return self._run_at_once(model, matrix, rows, outputs)
         loop = asyncio.get_running_loop()
-        names = list(outputs) if outputs is not None else self.model.metadata.default_outputs
+        names = list(outputs) if outputs is not None else model.metadata.default_outputs
         now = time.perf_counter()
-        request = _Request(matrix, names, loop.create_future(), now, now + wait)
+        request = _Request(model, matrix, names, loop.create_future(), now, now + wait)
         self._queue.append(request)
         self._queued_rows += request.rows
         self._schedule(loop, turned=not turn)
@@ -192,18 +207,20 @@ class Batcher:
             return self._delay_s, True
         return 0.0, self._skipped % TURN_PROBE_EVERY == 0
 
-    def _inline(self, rows: int) -> bool:
+    def _inline(self, model: inference.Model, rows: int) -> bool:
         """Whether a run of this many rows is measured cheap enough for the event loop."""
-        latency = self.model.latency
+        latency = model.latency
         return latency is not None and latency.estimate(rows) <= self._inline_max_s
 
-    def _run_at_once(self, matrix: np.ndarray, rows: int, outputs: list[str] | None) -> Outputs:
+    def _run_at_once(
+        self, model: inference.Model, matrix: np.ndarray, rows: int, outputs: list[str] | None
+    ) -> Outputs:
         """A request that waits for nobody, on an idle model, run on the loop: what `_dispatch`
         does with a batch of one, without the queue, future and callbacks around it (they
         cost more than a small model's run)."""
         self._observer.queued(0.0)
         self._note_batch(rows, 1)
-        return self._run(self.model, matrix, outputs)
+        return self._run(model, matrix, outputs)
 
     def _note_batch(self, rows: int, requests: int) -> None:
         """Report a run to the observer and count it in the share of batches that merged."""
@@ -269,7 +286,7 @@ class Batcher:
         self._note_batch(rows, len(batch))
         self._running += 1
         self._in_flight.append(batch)
-        if self._inline(rows):
+        if self._inline(batch[0].model, rows):
             self._finish(loop, batch, self._run_batch(batch))
             return
         try:
@@ -304,7 +321,7 @@ class Batcher:
         names = list(dict.fromkeys(n for r in batch for n in r.outputs))
         matrix = np.concatenate([r.matrix for r in batch])
         try:
-            merged = self._run(self.model, matrix, names)
+            merged = self._run(batch[0].model, matrix, names)
         except Exception:
             return [self._run_alone(r) for r in batch]
         results: list[Outputs | BaseException] = []
@@ -317,7 +334,7 @@ class Batcher:
 
     def _run_alone(self, request: _Request) -> Outputs | BaseException:
         try:
-            return self._run(self.model, request.matrix, request.outputs)
+            return self._run(request.model, request.matrix, request.outputs)
         except Exception as e:
             return e
 

@@ -7,10 +7,12 @@ tests drive it on the event loop with a real onnxruntime session.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +34,7 @@ from serving.batching import (
 )
 from serving.errors import InferenceTimeout
 from tests.conftest import MODELS
-from tests.serving.conftest import Server
+from tests.serving.conftest import ClientFactory, Server
 from tests.serving.test_metrics import sample
 
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -211,6 +213,24 @@ def test_model_yaml_turns_batching_on_for_one_model_only(tmp_path: Path):
         server.stop()
     assert sample(text, "serving_batch_requests_count", model="iris", version="1") == 1
     assert 'serving_batch_requests_count{model="side_effects"' not in text
+
+
+def test_a_reloaded_or_unloaded_batched_model_version_is_freed(
+    make_client: ClientFactory, repo_copy: Path
+):
+    """The service keeps one batcher per model version: it must not keep a version (and its
+    onnxruntime session) alive once a reload has replaced it or an unload has removed it."""
+    client = make_client(repo=repo_copy, max_batch_size=8, max_delay_us=1000)
+    plane = client.app.dataplane  # type: ignore[attr-defined]
+    body = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+    versions = []
+    for action in ("load", "unload"):  # a reload, then an unload
+        assert client.post("/v1/models/iris:predict", json=body).status_code == 200
+        versions.append(weakref.ref(plane.repository.get("iris")))
+        assert client.post(f"/v2/repository/models/iris/{action}").status_code == 200
+    assert sample(client.get("/metrics").text, "serving_batch_requests_count", model="iris") == 2
+    gc.collect()
+    assert [version() for version in versions] == [None, None]
 
 
 def test_an_invalid_batching_section_leaves_the_model_unavailable_with_the_reason(
