@@ -71,7 +71,8 @@ def count(case: str, repo: Path, requests: int) -> None:
     ours = create_app(
         Settings.load(
             repo=str(repo), log_level="warning", inline_max_us=1e9, intra_op_threads=1, **batching
-        )
+        ),
+        tune_gc=True,  # as `python -m serving` does
     )
     app: Any = fastapi_app if case == "fastapi" else ours
     extra = BINARY_HEADERS if body is BINARY else {"Content-Type": "application/json"}

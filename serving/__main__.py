@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": settings.log_level,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings, tune_gc=True), **common)
         return 0
     made = None
     if settings.metrics_dir is None:  # the workers' scrapes need one to share their metrics

@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 import inference
 from serving import schemas
 from serving.batching import BatchingConfig
+from serving.collector import ServerCollector
 from serving.dataplane import DataPlane
 from serving.errors import install_handlers
 from serving.hot_path import HotStack, ServingApp
@@ -42,7 +43,10 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
     )
 
 
-def create_app(settings: Settings) -> ServingApp:
+def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
+    """The service; `tune_gc` where it owns its process (`python -m serving`, the uvicorn
+    factory): the process's garbage collector is set for serving while the app runs
+    (`serving/collector.py`)."""
     shared = SharedMetrics(settings.metrics_dir) if settings.metrics_dir is not None else None
     metrics = Metrics(shared)
     repository = ModelRepository(
@@ -52,11 +56,14 @@ def create_app(settings: Settings) -> ServingApp:
         on_load=metrics.model_loaded,
         batching=BatchingConfig(settings.max_batch_size, settings.max_delay_us),
     )
-    plane = DataPlane(repository, settings, metrics)
+    collector = ServerCollector() if tune_gc else None
+    plane = DataPlane(repository, settings, metrics, collector)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         plane.start()
+        if collector is not None:
+            collector.start()
         loading = None if plane.loaded else asyncio.create_task(asyncio.to_thread(plane.load_all))
         sharing = None
         if shared is not None:
@@ -72,6 +79,8 @@ def create_app(settings: Settings) -> ServingApp:
                 sharing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sharing
+            if collector is not None:
+                collector.stop()
 
     app = ServingApp(
         title="ONNX bundle serving",
@@ -109,7 +118,7 @@ def create_app(settings: Settings) -> ServingApp:
 
 def create_app_from_env() -> ServingApp:
     """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars."""
-    return create_app(Settings.load())
+    return create_app(Settings.load(), tune_gc=True)
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:

@@ -21,20 +21,29 @@ import numpy as np
 import inference
 from inference.inputs import check_rows
 from serving.batching import Batcher
+from serving.collector import ServerCollector
 from serving.errors import InferenceTimeout, ModelNotReady, PayloadTooLarge
 from serving.metrics import Metrics
-from serving.repository import ModelRepository
+from serving.repository import ModelEntry, ModelRepository
 from serving.settings import Settings
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, settings: Settings, metrics: Metrics):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        settings: Settings,
+        metrics: Metrics,
+        collector: ServerCollector | None = None,
+    ):
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
         self.loaded = False
         """True once the startup load finished (whatever each model's outcome)."""
         self.stopping = False
+        self.collector = collector
+        """Set where the service owns its process: settled after each change of the models."""
         self.executor = self._new_executor()
         self._inline_s = settings.inline_max_us / 1e6
         self._batchers: weakref.WeakKeyDictionary[inference.Model, Batcher | None] = (
@@ -61,8 +70,26 @@ class DataPlane:
     def load_all(self) -> None:
         try:
             self.repository.load_all()
+            self._settle()
         finally:
             self.loaded = True
+
+    def load(self, name: str) -> ModelEntry:
+        """(Re)load one model from disk (the repository API; in a thread)."""
+        try:
+            return self.repository.load(name)
+        finally:
+            self._settle()
+
+    def unload(self, name: str) -> None:
+        try:
+            self.repository.unload(name)
+        finally:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.collector is not None:
+            self.collector.settle()
 
     def model(self, name: str, version: str | None = None) -> inference.Model:
         if not self.loaded and name not in {e.name for e in self.repository.entries()}:

@@ -49,7 +49,7 @@ async def load(request: Request, name: str) -> JSONResponse:
             "put the bundle in the repository and load it by name"
         )
     plane = dataplane(request)
-    entry = await asyncio.to_thread(plane.repository.load, name)
+    entry = await asyncio.to_thread(plane.load, name)
     if entry.default_version is None:
         raise BadRequest(
             f"model {name!r} failed to load: {plane.repository.describe_failure(entry)}"
@@ -59,7 +59,7 @@ async def load(request: Request, name: str) -> JSONResponse:
 
 @router.post("/v2/repository/models/{name}/unload", response_model=RepositoryActionResponse)
 async def unload(request: Request, name: str) -> JSONResponse:
-    await asyncio.to_thread(dataplane(request).repository.unload, name)
+    await asyncio.to_thread(dataplane(request).unload, name)
     return JSONResponse({"name": name, "unload": True})
 
 

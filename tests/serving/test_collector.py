@@ -1,0 +1,81 @@
+"""The garbage collector set for serving (`serving/collector.py`): frozen once the models are
+loaded, settled again after each repository change, given back as found when the app stops,
+and left alone where the app does not own its process."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.collector import YOUNG_THRESHOLD
+from serving.settings import Settings
+from tests.conftest import MODELS
+from tests.serving.conftest import Server, wait_ready
+
+
+class Cycle:
+    """Garbage that only the cyclic collector can free."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@contextmanager
+def app_client(repo: Path, *, tune_gc: bool) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(repo=repo), tune_gc=tune_gc)) as client:
+        wait_ready(client)
+        yield client
+
+
+def test_a_loaded_server_is_frozen_and_gives_the_collector_back_when_it_stops():
+    before = gc.get_threshold()
+    with app_client(MODELS, tune_gc=True):
+        assert gc.get_freeze_count() > 10_000  # FastAPI, pydantic, onnxruntime, the models
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
+
+
+def test_garbage_frozen_with_the_server_is_collected_at_the_next_repository_change(
+    tmp_path: Path,
+):
+    repo = tmp_path / "models"
+    shutil.copytree(MODELS / "iris", repo / "iris")
+    cycle: Any = Cycle()
+    ref = weakref.ref(cycle)
+    with app_client(repo, tune_gc=True) as client:
+        del cycle  # garbage now, but frozen with the server's state at startup
+        gc.collect()
+        assert ref() is not None  # collections skip what is frozen
+        assert client.post("/v2/repository/models/iris/unload").status_code == 200
+        assert ref() is None
+        assert client.post("/v2/repository/models/iris/load").status_code == 200
+        body = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+        assert client.post("/v1/models/iris:predict", json=body).status_code == 200
+
+
+def test_an_app_that_does_not_own_its_process_leaves_the_collector_alone():
+    before = gc.get_threshold()
+    with app_client(MODELS, tune_gc=False):
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
+
+
+def test_python_m_serving_settles_the_collector_once_its_models_are_loaded():
+    server = Server("--repo", "models").wait_ready()
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            answer = client.post("/v1/models/side_effects:predict", json={"instances": [70]})
+            assert answer.status_code == 200
+    finally:
+        output = server.output()
+    assert output.count("garbage collector settled") == 1, output
