@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ProviderUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_json)
+    logs.configure(settings.log_level, settings.log_json, settings.access_log)
     log.info(
         "serving %s on http://%s:%d with providers %s: %d worker process(es), "
         "%d onnxruntime thread(s) per session",

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 
 import inference
-from serving import schemas
+from serving import logs, schemas
 from serving.batching import BatchingConfig
 from serving.collector import ServerCollector
 from serving.dataplane import DataPlane
@@ -117,8 +117,12 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
 
 
 def create_app_from_env() -> ServingApp:
-    """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars."""
-    return create_app(Settings.load(), tune_gc=True)
+    """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars. A
+    worker is a process of its own, so its logging is set here as `python -m serving` sets
+    the parent's (otherwise a worker would print only warnings, unformatted, and no JSON)."""
+    settings = Settings.load()
+    logs.configure(settings.log_level, settings.log_json, settings.access_log)
+    return create_app(settings, tune_gc=True)
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:

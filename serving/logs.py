@@ -28,7 +28,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def configure(level: str, json: bool) -> None:
+def configure(level: str, json: bool, access_log: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter()
@@ -40,4 +40,4 @@ def configure(level: str, json: bool) -> None:
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+        logging.getLogger(name).propagate = name != "uvicorn.access" or access_log

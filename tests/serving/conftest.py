@@ -25,9 +25,14 @@ from tests.conftest import MODELS, REPO
 ClientFactory = Callable[..., TestClient]
 
 
-def wait_ready(client: TestClient | httpx.Client, timeout: float = 30) -> None:
+def wait_ready(
+    client: TestClient | httpx.Client,
+    timeout: float = 30,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Until the ready probe answers 200; fails at once when `alive` says the server died."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         try:
             if client.get("/v2/health/ready").status_code == 200:
                 return
@@ -113,7 +118,7 @@ class Server:
     def wait_ready(self) -> Server:
         with httpx.Client(base_url=self.url) as c:
             try:
-                wait_ready(c, timeout=60)
+                wait_ready(c, timeout=60, alive=lambda: self.process.poll() is None)
             except TimeoutError:
                 self.stop()
                 raise AssertionError(f"server never ready; output:\n{self.output()}") from None
