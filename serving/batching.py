@@ -195,7 +195,15 @@ class Batcher:
         self._schedule(loop, turned=not turn)
         if self._watchdog is None:
             self._arm_watchdog(loop)
-        return await request.future  # cancelled (e.g. a disconnect): the batch skips it
+        try:
+            return await request.future  # cancelled (e.g. a disconnect): the batch skips it
+        finally:
+            # A timeout's traceback holds this frame: without `request` in it, no cycle
+            # (frame, request, future, timeout, traceback) keeps the rows and the model for
+            # the cyclic collector, which a serving process runs rarely. A failed run's
+            # traceback still reaches its batch through the executor's frames; those are
+            # our bugs (500s), rare, and wait for the collector.
+            del request
 
     def _waits(self) -> tuple[float, bool]:
         """How long a new request may wait for others to join it (up to `max_delay_us`), and

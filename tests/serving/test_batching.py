@@ -7,6 +7,7 @@ tests drive it on the event loop with a real onnxruntime session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import json
@@ -436,6 +437,42 @@ def test_override_keeps_unset_keys():
     assert base.override(BatchingOverride(max_delay_us=50)) == BatchingConfig(16, 50)
     assert base.override(BatchingOverride(max_batch_size=0)).enabled is False
     assert base.override(None) == base
+
+
+def test_a_timed_out_request_leaves_no_reference_cycle_holding_its_rows(
+    iris: inference.Model,
+):
+    """Under overload, queued requests time out. The timeout's traceback holds the frames it
+    went through; none may hold the future that carries it, or the request's rows wait in a
+    reference cycle for the cyclic collector, which a serving process runs rarely
+    (`serving/collector.py`)."""
+    batcher, _ = make_batcher(iris, max_delay_us=0, stall_on=-5.0, timeout_s=0.1)
+
+    async def scenario() -> weakref.ref[np.ndarray]:
+        slow = rows_for(0, 1)
+        slow[0, 0] = -5.0
+        running = asyncio.ensure_future(batcher.submit(slow, None))
+        await asyncio.sleep(0.02)  # the slow batch is running; the next request must queue
+        rows = rows_for(1, 2)
+        held = weakref.ref(rows)
+        try:
+            await batcher.submit(rows, None)
+        except InferenceTimeout:
+            pass
+        else:
+            raise AssertionError("the request should have timed out")
+        del rows
+        with contextlib.suppress(InferenceTimeout):
+            await running
+        await asyncio.sleep(0.6)  # the slow run ends
+        return held
+
+    gc.disable()  # only reference counting frees anything here
+    try:
+        held = asyncio.run(scenario())
+    finally:
+        gc.enable()
+    assert held() is None
 
 
 def test_requests_stuck_behind_a_slow_run_time_out_and_the_batcher_recovers(
