@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_to_env(settings)
         uvicorn.run(
-            "serving.app:create_app_from_env", factory=True, workers=settings.workers, **common
+            "serving.app:create_worker_app", factory=True, workers=settings.workers, **common
         )
     finally:
         if made is not None:

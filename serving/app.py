@@ -65,6 +65,8 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
         if collector is not None:
             collector.start()
         loading = None if plane.loaded else asyncio.create_task(asyncio.to_thread(plane.load_all))
+        if loading is None:  # started again: the models stay, stopping let the collector go
+            await asyncio.to_thread(plane.settle)
         sharing = None
         if shared is not None:
             sharing = asyncio.create_task(metrics.share(settings.metrics_flush_s))
@@ -117,9 +119,15 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
 
 
 def create_app_from_env() -> ServingApp:
-    """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars. A
-    worker is a process of its own, so its logging is set here as `python -m serving` sets
-    the parent's (otherwise a worker would print only warnings, unformatted, and no JSON)."""
+    """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars.
+    Logging stays uvicorn's (its `--log-config`, `--log-level`, access log)."""
+    return create_app(Settings.load(), tune_gc=True)
+
+
+def create_worker_app() -> ServingApp:
+    """A worker of `python -m serving --workers N`: `create_app_from_env`, with logging set
+    from the settings as the parent set its own. A worker is a process of its own; without
+    this it would print only warnings, unformatted, and never JSON."""
     settings = Settings.load()
     logs.configure(settings.log_level, settings.log_json, settings.access_log)
     return create_app(settings, tune_gc=True)

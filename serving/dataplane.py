@@ -70,24 +70,25 @@ class DataPlane:
     def load_all(self) -> None:
         try:
             self.repository.load_all()
-            self._settle()
+            self.settle()
         finally:
             self.loaded = True
 
     def load(self, name: str) -> ModelEntry:
-        """(Re)load one model from disk (the repository API; in a thread)."""
-        try:
-            return self.repository.load(name)
-        finally:
-            self._settle()
+        """(Re)load one model from disk (the repository API; in a thread). Settles the
+        collector once the models have changed: not for an unknown name (404), which changes
+        nothing and would otherwise buy any client a full collection a request."""
+        entry = self.repository.load(name)
+        self.settle()
+        return entry
 
     def unload(self, name: str) -> None:
-        try:
-            self.repository.unload(name)
-        finally:
-            self._settle()
+        """Unload one model (the repository API; in a thread); settles as `load` does."""
+        self.repository.unload(name)
+        self.settle()
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """Settle the process's collector, where the service owns its process."""
         if self.collector is not None:
             self.collector.settle()
 

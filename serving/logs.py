@@ -1,4 +1,5 @@
-"""One logging configuration for the service and uvicorn, set once at the entry point.
+"""One logging configuration for the service and uvicorn, set at each process's entry point
+(`python -m serving`, and each of its workers).
 
 Text by default; one JSON object per line with `log_json` (for Kubernetes collectors). Records
 that concern a model carry `model` and `version`.

@@ -39,7 +39,7 @@ def app_client(repo: Path, *, tune_gc: bool) -> Iterator[TestClient]:
 def test_a_loaded_server_is_frozen_and_gives_the_collector_back_when_it_stops():
     before = gc.get_threshold()
     with app_client(MODELS, tune_gc=True):
-        assert gc.get_freeze_count() > 10_000  # FastAPI, pydantic, onnxruntime, the models
+        assert gc.get_freeze_count() > 10_000  # what the process holds: a freeze happened
         assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
@@ -61,6 +61,36 @@ def test_garbage_frozen_with_the_server_is_collected_at_the_next_repository_chan
         assert client.post("/v2/repository/models/iris/load").status_code == 200
         body = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
         assert client.post("/v1/models/iris:predict", json=body).status_code == 200
+
+
+def test_a_restarted_app_is_settled_again():
+    """The lifespan may run more than once; the models stay loaded, so the second start has
+    no load to settle after, and must still freeze what stopping the first one let go."""
+    app = create_app(Settings(repo=MODELS), tune_gc=True)
+    for _ in range(2):
+        with TestClient(app) as client:
+            wait_ready(client)
+            assert gc.get_freeze_count() > 10_000
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+        assert gc.get_freeze_count() == 0
+
+
+def test_an_unknown_model_in_the_repository_api_settles_nothing(tmp_path: Path):
+    """A 404 from the repository API changes no models: no full collection for it (each
+    costs tens of milliseconds of a held event loop)."""
+    repo = tmp_path / "models"
+    shutil.copytree(MODELS / "iris", repo / "iris")
+    with app_client(repo, tune_gc=True) as client:
+        cycle: Any = Cycle()
+        ref = weakref.ref(cycle)
+        gc.collect()
+        gc.freeze()  # with the server's state: only a settle would collect it now
+        del cycle
+        for action in ("load", "unload"):
+            assert client.post(f"/v2/repository/models/nope/{action}").status_code == 404
+        assert ref() is not None
+        assert client.post("/v2/repository/models/iris/unload").status_code == 200
+        assert ref() is None
 
 
 def test_an_app_that_does_not_own_its_process_leaves_the_collector_alone():

@@ -16,11 +16,14 @@ def run_and_stop(*args: str, env: dict[str, str] | None = None) -> str:
     server = Server("--repo", "models", *args, env=env).wait_ready()
     try:
         with httpx.Client(base_url=server.url) as client:
-            for _ in range(4):
-                answer = client.post("/v1/models/side_effects:predict", json={"instances": [70]})
-                assert answer.status_code == 200
+            statuses = [
+                client.post("/v1/models/side_effects:predict", json={"instances": [70]}).status_code
+                for _ in range(4)
+            ]
     finally:
-        assert server.stop() in (0, -signal.SIGTERM)
+        status = server.stop()
+    assert statuses == [200] * 4
+    assert status in (0, -signal.SIGTERM)
     return server.output()
 
 
