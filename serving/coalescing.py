@@ -16,9 +16,9 @@ server holds its first ~10 responses, until it has learnt that.
 
 A held response leaves in the next turn, after what that turn runs ahead of it: the others
 of its group, and with adaptive batching possibly the next batch's run on the loop (up to
-`inline_max_us`). Batched responses are held too: they wake in one turn already, but letting
-them go without the hold was no clear win (0.86-1.14x the requests/s across two interleaved
-A/Bs on a noisy VM; bench/RESULTS.md).
+`inline_max_us`). Batched responses are held too: they wake in one turn already, yet letting
+them go without the hold lost (interleaved A/B, 20 rounds: 0.93-1.02x the requests/s on five
+batched loads, p99 higher on four; bench/RESULTS.md).
 """
 
 from __future__ import annotations
