@@ -4,7 +4,7 @@ CPython frees a request's objects by reference counting as soon as it is answere
 collector is there for reference cycles only, yet its full collections walk every container
 object of the process. A loaded server holds ~80k (FastAPI, pydantic, onnxruntime's and
 numpy's Python objects, the models' metadata), and each full collection held the event loop
-for 25-45 ms. Under load one came every 1-2 s: what survives two young collections counts
+for 25-48 ms. Under load one came every 1-2 s: what survives two young collections counts
 towards the next full one, and the objects of the requests in flight do survive them, freed
 by reference counting soon after. Every request in flight waited out the pause, and that was
 the p99 at 64 clients (side_effects: 31 ms against a p50 of 5; the wide model batched: 38
