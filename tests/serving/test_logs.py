@@ -4,11 +4,14 @@ process, JSON when asked, the access log only when asked."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 
 import httpx
 import pytest
 
+from serving.app import create_app_from_env
+from tests.conftest import MODELS
 from tests.serving.conftest import Server
 
 
@@ -45,3 +48,14 @@ def test_the_access_log_is_off_unless_asked_for():
     output = run_and_stop(env={"SERVING_ACCESS_LOG": "true"})
     access = [line for line in output.splitlines() if "uvicorn.access" in line and "POST" in line]
     assert len(access) == 4 and all(line.endswith('HTTP/1.1" 200') for line in access), output
+
+
+def test_the_uvicorn_factory_leaves_logging_to_uvicorn(monkeypatch: pytest.MonkeyPatch):
+    """`uvicorn serving.app:create_app_from_env --factory`: the user's `--log-config` and
+    `--log-level` hold (only `python -m serving`'s own workers set their logging)."""
+    monkeypatch.setenv("SERVING_REPO", str(MODELS))
+    monkeypatch.setenv("SERVING_LOG_JSON", "true")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    create_app_from_env()
+    assert (root.handlers, root.level) == (handlers, level)
