@@ -43,8 +43,8 @@ def wait_ready(
 
 
 @contextmanager
-def running_app(**settings: Any) -> Iterator[TestClient]:
-    app = create_app(Settings(**{"repo": MODELS, **settings}))
+def running_app(*, tune_gc: bool = False, **settings: Any) -> Iterator[TestClient]:
+    app = create_app(Settings(**{"repo": MODELS, **settings}), tune_gc=tune_gc)
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
         yield client

@@ -7,8 +7,6 @@ from __future__ import annotations
 import gc
 import shutil
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from serving.app import create_app
 from serving.collector import YOUNG_THRESHOLD
 from serving.settings import Settings
 from tests.conftest import MODELS
-from tests.serving.conftest import Server, wait_ready
+from tests.serving.conftest import Server, running_app, wait_ready
 
 
 class Cycle:
@@ -29,16 +27,9 @@ class Cycle:
         self.me = self
 
 
-@contextmanager
-def app_client(repo: Path, *, tune_gc: bool) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(repo=repo), tune_gc=tune_gc)) as client:
-        wait_ready(client)
-        yield client
-
-
 def test_a_loaded_server_is_frozen_and_gives_the_collector_back_when_it_stops():
     before = gc.get_threshold()
-    with app_client(MODELS, tune_gc=True):
+    with running_app(tune_gc=True):
         assert gc.get_freeze_count() > 10_000  # what the process holds: a freeze happened
         assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
     assert gc.get_freeze_count() == 0
@@ -52,7 +43,7 @@ def test_garbage_frozen_with_the_server_is_collected_at_the_next_repository_chan
     shutil.copytree(MODELS / "iris", repo / "iris")
     cycle: Any = Cycle()
     ref = weakref.ref(cycle)
-    with app_client(repo, tune_gc=True) as client:
+    with running_app(repo=repo, tune_gc=True) as client:
         del cycle  # garbage now, but frozen with the server's state at startup
         gc.collect()
         assert ref() is not None  # collections skip what is frozen
@@ -80,7 +71,7 @@ def test_an_unknown_model_in_the_repository_api_settles_nothing(tmp_path: Path):
     costs tens of milliseconds of a held event loop)."""
     repo = tmp_path / "models"
     shutil.copytree(MODELS / "iris", repo / "iris")
-    with app_client(repo, tune_gc=True) as client:
+    with running_app(repo=repo, tune_gc=True) as client:
         cycle: Any = Cycle()
         ref = weakref.ref(cycle)
         gc.collect()
@@ -95,7 +86,7 @@ def test_an_unknown_model_in_the_repository_api_settles_nothing(tmp_path: Path):
 
 def test_an_app_that_does_not_own_its_process_leaves_the_collector_alone():
     before = gc.get_threshold()
-    with app_client(MODELS, tune_gc=False):
+    with running_app(tune_gc=False):
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == before
 
