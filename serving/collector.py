@@ -50,8 +50,7 @@ class ServerCollector:
     _previous: ClassVar[tuple[int, int, int]] = gc.get_threshold()
     """The thresholds before the first of them started."""
 
-    def __init__(self, young_threshold: int = YOUNG_THRESHOLD):
-        self.young_threshold = young_threshold
+    def __init__(self) -> None:
         self._started = False
 
     def start(self) -> None:
@@ -62,7 +61,7 @@ class ServerCollector:
         if ServerCollector._running == 0:
             ServerCollector._previous = gc.get_threshold()
         ServerCollector._running += 1
-        gc.set_threshold(self.young_threshold, *ServerCollector._previous[1:])
+        gc.set_threshold(YOUNG_THRESHOLD, *ServerCollector._previous[1:])
 
     def settle(self) -> None:
         """Collect once, then leave everything alive now out of later collections: the
