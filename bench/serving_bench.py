@@ -206,6 +206,11 @@ THREAD_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
     "1 process, 1 thread, no spinning": (["--intra-op-threads", "1"], NO_SPIN),
     # `--workers 2` alone: the workers share the CPUs between their sessions by default
     f"2 processes, {max(1, CPUS // 2)} thread(s) each, no spinning": (["--workers", "2"], NO_SPIN),
+    # uvicorn's own way: one socket for both, the first worker awake accepts what waits
+    "the same, one shared socket (--no-reuse-port)": (
+        ["--workers", "2", "--no-reuse-port"],
+        NO_SPIN,
+    ),
 }
 """The study behind the thread defaults: the CPUs split between onnxruntime and processes."""
 

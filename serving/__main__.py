@@ -18,11 +18,12 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
 from inference import ProviderUnavailableError
 from inference.errors import describe_problems
 from inference.runtime import resolve_providers
-from serving import logs, shared_metrics
+from serving import listener, logs, shared_metrics
 from serving.app import create_app
 from serving.settings import Settings
 
@@ -37,6 +38,11 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     p.add_argument("--port", type=int, help="port (default 8080)")
     p.add_argument(
         "--workers", help="worker processes, or auto: one per CPU (default 1)", metavar="N|auto"
+    )
+    p.add_argument(
+        "--reuse-port",
+        action=argparse.BooleanOptionalAction,
+        help="with several workers, a socket each so that Linux spreads connections (default on)",
     )
     p.add_argument(
         "--metrics-dir",
@@ -125,12 +131,31 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.model_copy(update={"metrics_dir": made})
     try:
         export_to_env(settings)
-        uvicorn.run(
-            "serving.app:create_worker_app", factory=True, workers=settings.workers, **common
-        )
+        return run_workers(settings, common)
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+
+
+def run_workers(settings: Settings, common: dict[str, Any]) -> int:
+    """uvicorn's supervisor over `settings.workers` processes, listening as serving/listener.py
+    says (what `uvicorn.run(..., workers=N)` does, with the socket of our choice)."""
+    config = uvicorn.Config(
+        "serving.app:create_worker_app", factory=True, workers=settings.workers, **common
+    )
+    try:
+        sock = listener.bind(settings.host, settings.port, settings.reuse_port)
+    except OSError as e:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
+        return 2
+    if isinstance(sock, listener.PerWorkerSocket):
+        log.info("each worker listens on a socket of its own; the kernel spreads connections")
+    else:
+        log.info("the workers share one listening socket")
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
     return 0
 
 

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     """uvicorn worker processes, each with its own sessions; `auto`: one per CPU this container
     may use (the measured best for throughput, at the cost of a copy of every model each)."""
+    reuse_port: bool = True
+    """With `workers` > 1 on Linux, each worker listens on a socket of its own (SO_REUSEPORT) and
+    the kernel spreads new connections over them; off, the workers share one socket and the
+    first to wake takes every connection waiting (serving/listener.py has the measurements)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     """One JSON object per log line (for Kubernetes log collectors)."""

@@ -265,10 +265,10 @@ def workers_ready(server: Server, folder: Path) -> None:
         ready = ready + 1 if ok else 0
 
 
-def two_workers(folder: Path, flush_s: str) -> Server:
+def two_workers(folder: Path, flush_s: str, *flags: str) -> Server:
     """`python -m serving --workers 2 --metrics-dir folder`, both workers ready."""
     server = Server(
-        *("--repo", "models", "--workers", "2", "--metrics-dir", str(folder)),
+        *("--repo", "models", "--workers", "2", "--metrics-dir", str(folder), *flags),
         env={"SERVING_METRICS_FLUSH_S": flush_s},
     ).wait_ready()
     try:
