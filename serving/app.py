@@ -29,6 +29,7 @@ from serving.protocol import health, repository_api, v1, v2
 from serving.repository import ModelRepository
 from serving.settings import Settings
 from serving.shared_metrics import SharedMetrics
+from serving.supervisor import stop_with_supervisor
 
 log = logging.getLogger("serving")
 
@@ -120,8 +121,11 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
 
 def create_app_from_env() -> ServingApp:
     """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars.
-    Logging stays uvicorn's (its `--log-config`, `--log-level`, access log)."""
-    return create_app(Settings.load(), tune_gc=True)
+    Logging stays uvicorn's (its `--log-config`, `--log-level`, access log). A worker stops
+    if its supervisor dies (`serving/supervisor.py`)."""
+    app = create_app(Settings.load(), tune_gc=True)
+    stop_with_supervisor()
+    return app
 
 
 def create_worker_app() -> ServingApp:
@@ -130,7 +134,9 @@ def create_worker_app() -> ServingApp:
     this it would print only warnings, unformatted, and never JSON."""
     settings = Settings.load()
     logs.configure(settings.log_level, settings.log_json, settings.access_log)
-    return create_app(settings, tune_gc=True)
+    app = create_app(settings, tune_gc=True)
+    stop_with_supervisor()
+    return app
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
