@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from inference import ProviderUnavailableError
@@ -70,14 +71,15 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
 
 
 def check(settings: Settings) -> None:
-    """Fail fast on settings that cannot work, before binding the port."""
+    """Fail fast on settings that cannot work, before binding the port (with several workers,
+    the metrics folder is checked once the port is bound: see `run_workers`)."""
     resolve_providers(tuple(settings.providers), settings.allow_cpu_fallback)
     if not settings.repo.is_dir():
         raise ValueError(f"model repository {settings.repo} is not a folder")
     missing = [m for m in settings.models if not (settings.repo / m).is_dir()]
     if missing:
         raise ValueError(f"model(s) {', '.join(missing)} are not in the repository {settings.repo}")
-    if settings.metrics_dir is not None:
+    if settings.metrics_dir is not None and settings.workers == 1:
         shared_metrics.prepare(settings.metrics_dir)
 
 
@@ -139,24 +141,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_workers(settings: Settings, common: dict[str, Any]) -> int:
     """uvicorn's supervisor over `settings.workers` processes, listening as serving/listener.py
-    says (what `uvicorn.run(..., workers=N)` does, with the socket of our choice)."""
+    says (what `uvicorn.run(..., workers=N)` does, with the socket of our choice). The metrics
+    folder is cleared once the port is ours: a start refused for a port in use must not clear
+    the files of the server that holds it."""
     config = uvicorn.Config(
         "serving.app:create_worker_app", factory=True, workers=settings.workers, **common
     )
     try:
         sock = listener.bind(settings.host, settings.port, settings.reuse_port)
     except OSError as e:
-        print(f"error: cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
+        where = listener.address(settings.host, settings.port)
+        print(f"error: cannot listen on {where}: {e}", file=sys.stderr)
         return 2
-    if isinstance(sock, listener.PerWorkerSocket):
-        log.info("each worker listens on a socket of its own; the kernel spreads connections")
-    else:
-        log.info("the workers share one listening socket")
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        if settings.metrics_dir is not None:
+            shared_metrics.prepare(settings.metrics_dir)
+        if isinstance(sock, listener.PerWorkerSocket):
+            log.info("each worker listens on a socket of its own; the kernel spreads connections")
+        else:
+            log.info("the workers share one listening socket")
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+    except ValueError as e:  # the metrics folder
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         sock.close()
-    return 0
+    # a worker that could not start stops the supervisor (uvicorn keeps it in the list)
+    failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0
 
 
 if __name__ == "__main__":

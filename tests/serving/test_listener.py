@@ -4,11 +4,13 @@ the workers however they arrive (serving/listener.py), and a port already served
 from __future__ import annotations
 
 import http.client
+import pickle
 import socket
 import time
 from pathlib import Path
 
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
 from serving import listener
 from tests.serving.conftest import Server, free_port, run_cli
@@ -102,6 +104,7 @@ def test_a_port_in_use_stops_a_multi_worker_start_with_one_line(tmp_path: Path):
     assert "Traceback" not in done.stderr
 
 
+@needs_linux
 def test_the_parents_socket_holds_the_port_without_listening():
     sock = listener.bind("127.0.0.1", free_port(), reuse_port=True)
     try:
@@ -109,7 +112,40 @@ def test_the_parents_socket_holds_the_port_without_listening():
         assert listening_sockets(port) == 0  # no connection can wait on a socket no worker reads
         with socket.socket() as plain, pytest.raises(OSError, match="in use"):  # yet it is bound
             plain.bind(("127.0.0.1", port))
-        # (SO_REUSEADDR, as uvicorn's, may bind beside it: such a server is refused once the
-        # workers listen, as the first test shows)
     finally:
         sock.close()
+
+
+@needs_linux
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_a_second_server_starting_on_the_port_is_refused_before_any_worker_listens(host: str):
+    """A bound, not listening socket does not refuse SO_REUSEADDR (uvicorn's, ours): the lock
+    does, for every address on the port, until the first server's socket is closed."""
+    first = listener.bind("127.0.0.1", free_port(), reuse_port=True)
+    port = first.getsockname()[1]
+    try:
+        with pytest.raises(OSError, match="in use"):
+            listener.bind(host, port, reuse_port=True)
+    finally:
+        first.close()
+    listener.bind(host, port, reuse_port=True).close()  # the lock went with the first
+
+
+@needs_linux
+def test_a_worker_that_cannot_listen_stops_the_start_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+):
+    """Another server took the port before any worker listened (SO_REUSEADDR, as uvicorn's, may
+    bind beside the parent's socket): the worker, as it unpickles the socket, exits with
+    uvicorn's start-up failure code, so that the supervisor stops rather than restart it."""
+    ours = listener.bind("127.0.0.1", free_port(), reuse_port=True)
+    port = ours.getsockname()[1]
+    try:
+        with socket.create_server(("127.0.0.1", port)), pytest.raises(SystemExit) as stop:
+            pickle.loads(pickle.dumps(ours))
+    finally:
+        ours.close()
+    assert stop.value.code == STARTUP_FAILURE
+    assert capsys.readouterr().err == (
+        f"error: a worker could not listen on 127.0.0.1:{port}: [Errno 98] Address already in use\n"
+    )
