@@ -8,7 +8,10 @@ access log): a raw ASGI app and a FastAPI endpoint that return a constant (the f
 (256 → 1024 → 1024 → 10). wrk (one thread) loads each at each concurrency; runs are
 interleaved across repeats so that machine noise spreads evenly; the table shows medians and
 the ratio to the FastAPI constant endpoint. Results replace the serving section of
-bench/RESULTS.md.
+bench/RESULTS.md; on a machine with more CPUs (the lent GPU machine), `--section serving-16cpu`
+replaces that section instead, so that the two can be compared:
+
+    python bench/serving_bench.py --duration 2 --repeats 2 --section serving-16cpu
 """
 
 from __future__ import annotations
@@ -260,15 +263,30 @@ def main() -> None:
     parser.add_argument(
         "--skip-threads", action="store_true", help="leave out the thread configuration study"
     )
+    parser.add_argument(
+        "--section",
+        default="serving",
+        choices=("serving", "serving-16cpu"),
+        help="the section of bench/RESULTS.md to replace (serving-16cpu: a run on 16 CPUs)",
+    )
     args = parser.parse_args()
     results = run(args.duration, args.repeats, args.concurrency)
     command = (
         f"python bench/serving_bench.py --duration {args.duration:g} --repeats {args.repeats} "
         f"--concurrency {' '.join(map(str, args.concurrency))}"
     )
-    text = f"""## Serving (HTTP)
+    title, intro = "Serving (HTTP)", ""
+    if args.section != "serving":
+        command += f" --section {args.section}"
+        title += f" on {CPUS} CPUs"
+        intro = (
+            "The same benchmark on a larger machine's CPUs (the lent GPU machine, onnxruntime's"
+            " CPU build), where wrk's one thread no longer takes half of the machine from the"
+            " server.\n\n"
+        )
+    text = f"""## {title}
 
-`{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}.
+{intro}`{command}` on {datetime.now(UTC):%Y-%m-%d}: {machine()}.
 One uvicorn worker per server (default settings: onnxruntime threads = CPUs, no spinning),
 wrk with one thread and one row per request; medians of {args.repeats} interleaved runs of
 {args.duration:g} s. "batched": `--max-batch-size 64 --max-delay-us 0` unless stated.
@@ -286,7 +304,7 @@ The same command; each configuration is a batched server of its own, loaded in t
 
 {thread_study(args.duration, args.repeats)}
 """
-    write_section("serving", text)
+    write_section(args.section, text)
     print(text)
 
 
