@@ -219,11 +219,18 @@ THREAD_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
 
 
 def thread_study(duration: float, repeats: int) -> str:
-    """The wide model (batched, c=64) and side_effects (c=16) under each thread configuration."""
+    """The wide model (batched, one client and c=64) and side_effects (c=16) under each thread
+    configuration: the latency of one row and the throughput under load."""
     row = np.round(np.random.default_rng(0).normal(size=WIDE_FEATURES), 4).tolist()
+    wide = ("/v2/models/wide/infer", v2_body(row))
     loads = {
-        "v2 wide (JSON), batched": ("/v2/models/wide/infer", v2_body(row), 64),
-        "v1 side_effects": ("/v1/models/side_effects:predict", to_json({"instances": [70]}), 16),
+        "v2 wide (JSON), batched, c=1": (*wide, 1),
+        "v2 wide (JSON), batched, c=64": (*wide, 64),
+        "v1 side_effects, c=16": (
+            "/v1/models/side_effects:predict",
+            to_json({"instances": [70]}),
+            16,
+        ),
     }
     batched = SERVERS["batched"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,7 +247,7 @@ def thread_study(duration: float, repeats: int) -> str:
                         m = wrk(server.url + path, body, JSON, c, duration)
                         if repeat:
                             samples.setdefault((load, name), []).append(m)
-                            print(f"[threads {repeat}/{repeats}] {load} c={c} {name}: {m.rps:.0f}")
+                            print(f"[threads {repeat}/{repeats}] {load} {name}: {m.rps:.0f}")
         finally:
             for server in servers.values():
                 server.stop()
@@ -250,8 +257,7 @@ def thread_study(duration: float, repeats: int) -> str:
     ]
     for (load, name), values in samples.items():
         m = median(values)
-        c = loads[load][2]
-        lines.append(f"| {load}, c={c} | {name} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} |")
+        lines.append(f"| {load} | {name} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} |")
     return "\n".join(lines)
 
 
