@@ -121,11 +121,8 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
 
 def create_app_from_env() -> ServingApp:
     """For `uvicorn --factory` with several workers: settings from `SERVING_*` env vars.
-    Logging stays uvicorn's (its `--log-config`, `--log-level`, access log). A worker stops
-    if its supervisor dies (`serving/supervisor.py`)."""
-    app = create_app(Settings.load(), tune_gc=True)
-    stop_with_supervisor()
-    return app
+    Logging stays uvicorn's (its `--log-config`, `--log-level`, access log)."""
+    return _app_owning_its_process(Settings.load())
 
 
 def create_worker_app() -> ServingApp:
@@ -134,6 +131,12 @@ def create_worker_app() -> ServingApp:
     this it would print only warnings, unformatted, and never JSON."""
     settings = Settings.load()
     logs.configure(settings.log_level, settings.log_json, settings.access_log)
+    return _app_owning_its_process(settings)
+
+
+def _app_owning_its_process(settings: Settings) -> ServingApp:
+    """The service in a process of its own, started by a supervisor: the collector set for
+    serving, and the process stopping if its supervisor dies (`serving/supervisor.py`)."""
     app = create_app(settings, tune_gc=True)
     stop_with_supervisor()
     return app
