@@ -19,8 +19,15 @@ What a scrape sees, as with prometheus_client's multiprocess mode:
 - gauges: live processes only; requests in flight summed, a model's load time the longest.
 
 Files are named by process id and a random token, so that a dead worker's file stays its own
-when a new worker gets its process id. Each dead worker leaves a file that every scrape reads
-(a few KB); a worker that crashes over and over grows the folder until the server restarts.
+when a new worker gets its process id. A scrape that finds files of processes that have exited
+folds their counts into one file (`metrics-dead.json`) and removes them, so that a worker that
+crashes over and over, or restarts by design, does not grow the folder and every scrape's
+reading with it. (A file whose process id a new worker took is left as it is: telling which
+of the two is alive goes by the wall clock, and folding a live worker's file would count it
+twice.) Folding holds an exclusive lock on `.metrics.lock` in the folder, and a scrape's
+reading a shared one, so that no scrape sees a file both folded and still there, or neither.
+The folded file names the files it took in, before they are removed: should the process stop
+in between, those left are not counted twice, and the next folding removes them.
 
 The folder belongs to one server: `python -m serving` clears its `metrics-*.json` files at
 start (a previous run's counts would add to this one's) and makes a temporary folder when none
@@ -29,6 +36,8 @@ is set.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -36,7 +45,8 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +55,13 @@ import orjson
 from serving.cheap_metrics import PeerValues, Values
 
 log = logging.getLogger("serving")
-FILE_NAME = re.compile(r"metrics-\d+-[0-9a-f]+\.(json|tmp)")
-"""Our files (and half-written ones); nothing else in the folder is read or cleared."""
+WORKER_FILE = re.compile(r"metrics-(\d+)-[0-9a-f]+\.(json|tmp)")
+"""A worker's file (and a half-written one), named by its process id."""
+FOLDED = "metrics-dead.json"
+"""Dead workers' counts, folded into one file."""
+FILE_NAME = re.compile(rf"{WORKER_FILE.pattern}|metrics-dead\.(json|tmp)")
+"""Our files; nothing else in the folder is read or cleared."""
+LOCK = ".metrics.lock"
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Far above a snapshot (a few KB for a handful of models)."""
 Schema = Mapping[str, tuple[str, int, int]]
@@ -66,46 +81,163 @@ class SharedMetrics:
     def write(self, families: dict[str, Values]) -> None:
         """Replace this process's file at once (a reader never sees half of it). One writer at
         a time: the caller holds a lock."""
-        data = {
-            "pid": self.pid,
-            "started": self.started,
-            "families": {
-                name: [[list(labels), value] for labels, value in values.items()]
-                for name, values in families.items()
-            },
-        }
-        partial = self.file.with_suffix(".tmp")
-        partial.write_bytes(orjson.dumps(data))
-        os.replace(partial, self.file)
+        data = {"pid": self.pid, "started": self.started, "families": _jsonable(families)}
+        _replace(self.file, data)
 
     def read_peers(self, schema: Schema) -> list[PeerValues]:
-        """The other processes' last values. A file that does not fit `schema` (damaged, or
-        not ours) is left out with one warning: it never fails a scrape."""
-        peers: list[tuple[float, PeerValues]] = []
+        """The other processes' last values, dead workers' folded ones among them. A file that
+        does not fit `schema` (damaged, or not ours) is left out with one warning: it never
+        fails a scrape. Dead workers' files found on the way are folded (module docstring)."""
+        with self._lock(fcntl.LOCK_SH):
+            folded = self._read_folded(schema)
+            workers = self._read_workers(schema, folded)
+        peers = [peer for _, peer in workers]
+        if folded is not None:
+            peers.append(PeerValues(pid=0, alive=False, families=folded.families))
+            if any(not pid_alive(peer.pid) for peer in peers[:-1]) or any(
+                (self.folder / name).exists() for name in folded.names
+            ):
+                self._fold(schema)
+        return peers
+
+    def _read_workers(
+        self, schema: Schema, folded: _Folded | None
+    ) -> list[tuple[Path, PeerValues]]:
+        """Every other worker's file that is not folded yet, with its values."""
         try:
             paths = sorted(self.folder.iterdir())
         except OSError as e:
             log.warning("metrics folder %s is unreadable, left out: %s", self.folder, e)
             return []
+        files: list[tuple[Path, float, PeerValues]] = []
         for path in paths:
-            if path == self.file or path.suffix != ".json" or not FILE_NAME.fullmatch(path.name):
-                continue  # ours, a write under way (.tmp), or not a metrics file
+            if path == self.file or path.suffix != ".json" or not WORKER_FILE.fullmatch(path.name):
+                continue  # ours, a write under way (.tmp), folded, or not a worker's file
+            if folded is not None and path.name in folded.names:
+                continue  # folded, its removal interrupted: counted in the folded file
             try:
-                peers.append(_parse(orjson.loads(_read_regular(path)), schema))
+                files.append((path, *_parse(orjson.loads(_read_regular(path)), schema)))
             except FileNotFoundError:
                 continue  # cleared while we listed the folder
             except Exception as e:  # any damage at all: this file only is left out
-                if path not in self._warned:
-                    self._warned.add(path)
-                    log.warning("metrics file %s is unreadable, left out of scrapes: %s", path, e)
+                self._warn(path, e)
         # a process id now in use belongs to the newest file that has it (and to this process)
         newest: dict[int, float] = {self.pid: self.started}
-        for started, peer in peers:
+        for _, started, peer in files:
             newest[peer.pid] = max(newest.get(peer.pid, started), started)
         return [
-            PeerValues(peer.pid, peer.alive and newest[peer.pid] == started, peer.families)
-            for started, peer in peers
+            (path, PeerValues(peer.pid, peer.alive and newest[peer.pid] == started, peer.families))
+            for path, started, peer in files
         ]
+
+    def _read_folded(self, schema: Schema) -> _Folded | None:
+        """What dead workers left, folded; None when that file is damaged (then nothing more
+        is folded into it, so that no more is lost)."""
+        path = self.folder / FOLDED
+        try:
+            data = orjson.loads(_read_regular(path))
+            names = data["merged"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"merged: {names!r} are not file names")
+            return _Folded(frozenset(names), _families(data, schema))
+        except FileNotFoundError:
+            return _Folded(frozenset(), {})
+        except Exception as e:
+            self._warn(path, e)
+            return None
+
+    def _fold(self, schema: Schema) -> None:
+        """Fold the dead workers' files into one and remove them; skipped while another
+        process holds the lock (it folds or reads), and never fails a scrape."""
+        with self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
+            if not held:
+                return
+            try:
+                folded = self._read_folded(schema)  # again: another process may have folded
+                if folded is None:
+                    return
+                dead = [
+                    (path, peer)
+                    for path, peer in self._read_workers(schema, folded)
+                    if not pid_alive(peer.pid)
+                ]
+                leftover = [self.folder / n for n in folded.names if (self.folder / n).exists()]
+                if not dead and not leftover:
+                    return
+                families = {name: dict(values) for name, values in folded.families.items()}
+                for _, peer in dead:
+                    for name, values in peer.families.items():
+                        if schema[name][0] != "gauge":  # gauges count for live processes only
+                            _add(schema[name][0], families.setdefault(name, {}), values)
+                done = sorted({*leftover, *(path for path, _ in dead)})
+                _replace(
+                    self.folder / FOLDED,
+                    {"merged": [path.name for path in done], "families": _jsonable(families)},
+                )
+                for path in done:  # only now that the folded file names them
+                    path.unlink(missing_ok=True)
+                for path in self.folder.glob("metrics-*.tmp"):  # a dead worker's half-written
+                    match = WORKER_FILE.fullmatch(path.name)
+                    if match is not None and not pid_alive(int(match[1])):
+                        path.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("could not fold dead workers' metrics in %s: %s", self.folder, e)
+
+    @contextlib.contextmanager
+    def _lock(self, how: int) -> Iterator[bool]:
+        """The folder's lock, shared or exclusive; yields whether it is held. Where it cannot
+        be made (a folder read-only to us), reads go without it and nothing is folded."""
+        try:
+            fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, how)
+            except OSError:  # taken, and asked not to wait
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # and with it the lock
+
+    def _warn(self, path: Path, error: Exception) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning("metrics file %s is unreadable, left out of scrapes: %s", path, error)
+
+
+@dataclass(frozen=True)
+class _Folded:
+    names: frozenset[str]
+    """The workers' files taken in (the last folding's: their removal may have been cut)."""
+    families: dict[str, Values]
+
+
+def _add(kind: str, into: Values, theirs: Values) -> None:
+    """A dead worker's counter or histogram values added to the folded ones."""
+    for labels, value in theirs.items():
+        if kind == "histogram":
+            counts, total = into.get(labels, ([0] * len(value[0]), 0.0))
+            added = [a + b for a, b in zip(counts, value[0], strict=True)]
+            into[labels] = [added, total + value[1]]
+        else:
+            into[labels] = into.get(labels, 0.0) + value
+
+
+def _jsonable(families: Mapping[str, Values]) -> dict[str, list[list[Any]]]:
+    return {
+        name: [[list(labels), value] for labels, value in values.items()]
+        for name, values in families.items()
+    }
+
+
+def _replace(path: Path, data: dict[str, Any]) -> None:
+    """Write a file at once: a reader never sees half of it."""
+    partial = path.with_suffix(".tmp")
+    partial.write_bytes(orjson.dumps(data))
+    os.replace(partial, path)
 
 
 def _read_regular(path: Path) -> bytes:
@@ -121,6 +253,10 @@ def _read_regular(path: Path) -> bytes:
 
 def _parse(data: Any, schema: Schema) -> tuple[float, PeerValues]:
     pid, started = int(data["pid"]), float(data["started"])
+    return started, PeerValues(pid=pid, alive=pid_alive(pid), families=_families(data, schema))
+
+
+def _families(data: Any, schema: Schema) -> dict[str, Values]:
     families: dict[str, Values] = {}
     for name, entries in dict(data["families"]).items():
         if name not in schema:
@@ -132,7 +268,7 @@ def _parse(data: Any, schema: Schema) -> tuple[float, PeerValues]:
                 raise ValueError(f"{name}: labels {labels!r} do not fit")
             values[tuple(str(v) for v in labels)] = _value(name, kind, buckets, value)
         families[name] = values
-    return started, PeerValues(pid=pid, alive=pid_alive(pid), families=families)
+    return families
 
 
 def _value(name: str, kind: str, buckets: int, value: Any) -> Any:

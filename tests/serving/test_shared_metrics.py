@@ -3,6 +3,7 @@ all (counters of dead workers kept, gauges of live ones only)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -75,6 +76,93 @@ def test_a_dead_workers_counts_stay_and_its_gauges_go(tmp_path: Path):
     assert sample(text, "serving_requests_total", **labels, endpoint=ENDPOINT, status="200") == 6
     assert "serving_requests_in_flight 0.0" in text
     assert sample(text, "serving_model_load_duration_seconds", **labels) == 0.5
+
+
+def dead_worker(folder: Path, requests: int) -> Path:
+    """The file a worker left when it exited, after answering `requests` requests."""
+    dead = Metrics(SharedMetrics(folder, pid=dead_pid()))
+    traffic(dead, requests, load_s=9.0, answering=5)
+    dead.flush()
+    assert dead.shared is not None
+    return dead.shared.file
+
+
+def rows_count(text: str) -> float:
+    return sample(text, "serving_request_rows_count", model="side_effects", version="1")
+
+
+def test_dead_workers_files_are_folded_into_one_and_every_total_stays(tmp_path: Path):
+    here = Metrics(SharedMetrics(tmp_path))
+    traffic(here, 1, load_s=0.5, answering=0)
+    live = Metrics(SharedMetrics(tmp_path, pid=os.getppid()))  # a process that runs
+    traffic(live, 2, load_s=2.0, answering=1)
+    live.flush()
+    dead = [dead_worker(tmp_path, requests) for requests in (3, 4)]
+    assert here.shared is not None and live.shared is not None
+    (tmp_path / f"metrics-{dead_pid()}-ab.tmp").write_text("{")  # cut short by its death
+
+    before = here.exposition().decode()  # reads the dead workers' files, then folds them
+    after = here.exposition().decode()  # reads the folded file
+    labels = {"model": "side_effects", "version": "1"}
+    for text in (before, after):
+        assert (
+            sample(text, "serving_requests_total", **labels, endpoint=ENDPOINT, status="200") == 10
+        )
+        assert sample(text, "serving_request_rows_sum", **labels) == 30
+        assert sample(text, "serving_request_rows_bucket", **labels, le="4.0") == 10
+        assert "serving_requests_in_flight 1.0" in text  # the dead workers' gauges do not count
+        assert sample(text, "serving_model_load_duration_seconds", **labels) == 2.0
+    assert sorted(p.name for p in tmp_path.glob("metrics-*")) == sorted(
+        [here.shared.file.name, live.shared.file.name, "metrics-dead.json"]
+    )
+    folded = json.loads((tmp_path / "metrics-dead.json").read_text())
+    assert sorted(folded["merged"]) == sorted(p.name for p in dead)
+    assert "serving_requests_in_flight" not in folded["families"]
+
+    later = dead_worker(tmp_path, 5)  # another worker dies: added to what was folded
+    assert rows_count(here.exposition().decode()) == 15
+    assert rows_count(live.exposition().decode()) == 15  # whichever worker answers
+    assert not later.exists()
+    assert json.loads((tmp_path / "metrics-dead.json").read_text())["merged"] == [later.name]
+
+
+def test_a_folding_cut_short_counts_nothing_twice(tmp_path: Path):
+    here = Metrics(SharedMetrics(tmp_path))
+    dead = dead_worker(tmp_path, 3)
+    left = dead.read_bytes()
+    assert rows_count(here.exposition().decode()) == 3
+    assert not dead.exists()
+    dead.write_bytes(left)  # as if the process stopped after writing the folded file
+    assert rows_count(here.exposition().decode()) == 3  # not 6
+    assert not dead.exists()  # that scrape removed it
+    assert rows_count(here.exposition().decode()) == 3
+
+
+def test_no_folding_while_another_process_reads_the_folder(tmp_path: Path):
+    here = Metrics(SharedMetrics(tmp_path))
+    dead = dead_worker(tmp_path, 3)
+    with open(tmp_path / ".metrics.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # another worker's scrape, under way
+        assert rows_count(here.exposition().decode()) == 3
+        assert dead.exists()
+    assert rows_count(here.exposition().decode()) == 3
+    assert not dead.exists()
+
+
+def test_a_damaged_folded_file_is_left_out_and_nothing_more_is_folded_into_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    here = Metrics(SharedMetrics(tmp_path))
+    (tmp_path / "metrics-dead.json").write_text('{"merged": "all", "families": {}}')
+    dead = dead_worker(tmp_path, 3)
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        assert rows_count(here.exposition().decode()) == 3
+        assert rows_count(here.exposition().decode()) == 3
+    assert dead.exists()  # still counted where it is
+    assert [r.getMessage() for r in caplog.records] == [
+        f"metrics file {tmp_path / 'metrics-dead.json'} is unreadable, left out of scrapes: "
+        "merged: 'all' are not file names"
+    ]
 
 
 def test_alone_a_worker_writes_nothing_and_scrapes_only_itself(tmp_path: Path):
@@ -211,7 +299,13 @@ def test_a_process_id_taken_over_keeps_the_old_files_counts_not_its_gauges(tmp_p
 def test_prepare_clears_a_previous_runs_files_and_explains_an_unusable_folder(tmp_path: Path):
     folder = tmp_path / "metrics"
     shared_metrics.prepare(folder)
-    for name in ("metrics-1-ab12.json", "metrics-2-cd34.tmp", "metrics-report.json", "notes"):
+    previous = (
+        "metrics-1-ab12.json",
+        "metrics-2-cd34.tmp",
+        "metrics-dead.json",
+        "metrics-dead.tmp",
+    )
+    for name in (*previous, "metrics-report.json", "notes"):
         (folder / name).write_text("{}")
     shared_metrics.prepare(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["metrics-report.json", "notes"]
@@ -306,6 +400,10 @@ def test_two_workers_any_scrape_sees_every_request_even_after_one_is_killed(tmp_
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.1)
         wait_for_total(server.url, sent)  # the dead worker's requests still count
+        assert not list(folder.glob(f"metrics-{pids[0]}-*"))  # folded by that scrape
+        assert json.loads((folder / "metrics-dead.json").read_text())["merged"]
+        wait_for_total(server.url, sent)  # and count from there, whichever worker answers
+        wait_for_total(server.url, sent)
     finally:
         server.stop()
 
