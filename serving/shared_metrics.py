@@ -22,12 +22,16 @@ Files are named by process id and a random token, so that a dead worker's file s
 when a new worker gets its process id. A scrape that finds files of processes that have exited
 folds their counts into one file (`metrics-dead.json`) and removes them, so that a worker that
 crashes over and over, or restarts by design, does not grow the folder and every scrape's
-reading with it. (A file whose process id a new worker took is left as it is: telling which
-of the two is alive goes by the wall clock, and folding a live worker's file would count it
-twice.) Folding holds an exclusive lock on `.metrics.lock` in the folder, and a scrape's
-reading a shared one, so that no scrape sees a file both folded and still there, or neither.
-The folded file names the files it took in, before they are removed: should the process stop
-in between, those left are not counted twice, and the next folding removes them.
+reading with it. Only files whose process had exited before they were read are folded (one
+that exits later may still write its last values). A file whose process id was taken again,
+by a new worker or any other process, or whose process has exited but is not reaped yet, is
+left as it is: folding a live worker's file would count it twice. Folding holds an exclusive
+lock on `.metrics.lock` in the folder, and a scrape's reading a shared one, so that no scrape
+sees a file both folded and still there, or neither (a process that cannot open the lock
+reads without it, and folds nothing). The folded file names the files it took in, before
+they are removed: should the process stop in between, those left are not counted twice, and
+the next folding removes them. Histogram sums are added exactly (`sum_parts`), so the folding
+does not move a total by a bit.
 
 The folder belongs to one server: `python -m serving` clears its `metrics-*.json` files at
 start (a previous run's counts would add to this one's) and makes a temporary folder when none
@@ -47,12 +51,13 @@ import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from serving.cheap_metrics import PeerValues, Values
+from serving.cheap_metrics import PeerValues, Values, sum_parts
 
 log = logging.getLogger("serving")
 WORKER_FILE = re.compile(r"metrics-(\d+)-[0-9a-f]+\.(json|tmp)")
@@ -60,7 +65,7 @@ WORKER_FILE = re.compile(r"metrics-(\d+)-[0-9a-f]+\.(json|tmp)")
 FOLDED = "metrics-dead.json"
 """Dead workers' counts, folded into one file."""
 FILE_NAME = re.compile(rf"{WORKER_FILE.pattern}|metrics-dead\.(json|tmp)")
-"""Our files; nothing else in the folder is read or cleared."""
+"""Our files (and `LOCK`); nothing else in the folder is read or cleared."""
 LOCK = ".metrics.lock"
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Far above a snapshot (a few KB for a handful of models)."""
@@ -77,10 +82,12 @@ class SharedMetrics:
         self.started = time.time()
         self.file = folder / f"metrics-{self.pid}-{secrets.token_hex(4)}.json"
         self._warned: set[Path] = set()
+        self._fold_failed = False
 
     def write(self, families: dict[str, Values]) -> None:
         """Replace this process's file at once (a reader never sees half of it). One writer at
-        a time: the caller holds a lock."""
+        a time: the caller holds a lock (a thread's; the folder's lock is not needed for a
+        worker's own file, which only a folding that finds it dead removes)."""
         data = {"pid": self.pid, "started": self.started, "families": _jsonable(families)}
         _replace(self.file, data)
 
@@ -101,14 +108,16 @@ class SharedMetrics:
         return peers
 
     def _read_workers(
-        self, schema: Schema, folded: _Folded | None
+        self, schema: Schema, folded: _Folded | None, paths: list[Path] | None = None
     ) -> list[tuple[Path, PeerValues]]:
-        """Every other worker's file that is not folded yet, with its values."""
-        try:
-            paths = sorted(self.folder.iterdir())
-        except OSError as e:
-            log.warning("metrics folder %s is unreadable, left out: %s", self.folder, e)
-            return []
+        """Every other worker's file that is not folded yet (or those of `paths`), with its
+        values."""
+        if paths is None:
+            try:
+                paths = sorted(self.folder.iterdir())
+            except OSError as e:
+                log.warning("metrics folder %s is unreadable, left out: %s", self.folder, e)
+                return []
         files: list[tuple[Path, float, PeerValues]] = []
         for path in paths:
             if path == self.file or path.suffix != ".json" or not WORKER_FILE.fullmatch(path.name):
@@ -156,10 +165,15 @@ class SharedMetrics:
                 folded = self._read_folded(schema)  # again: another process may have folded
                 if folded is None:
                     return
+                exited = [  # before reading: a process that has exited writes no more
+                    path
+                    for path, pid in self._worker_files()
+                    if path.suffix == ".json" and not pid_alive(pid)
+                ]
                 dead = [
                     (path, peer)
-                    for path, peer in self._read_workers(schema, folded)
-                    if not pid_alive(peer.pid)
+                    for path, peer in self._read_workers(schema, folded, exited)
+                    if peer.pid == _pid_in_name(path)
                 ]
                 leftover = [self.folder / n for n in folded.names if (self.folder / n).exists()]
                 if not dead and not leftover:
@@ -176,19 +190,29 @@ class SharedMetrics:
                 )
                 for path in done:  # only now that the folded file names them
                     path.unlink(missing_ok=True)
-                for path in self.folder.glob("metrics-*.tmp"):  # a dead worker's half-written
-                    match = WORKER_FILE.fullmatch(path.name)
-                    if match is not None and not pid_alive(int(match[1])):
+                for path, pid in self._worker_files():  # a dead worker's half-written one
+                    if path.suffix == ".tmp" and not pid_alive(pid):
                         path.unlink(missing_ok=True)
             except OSError as e:
-                log.warning("could not fold dead workers' metrics in %s: %s", self.folder, e)
+                if not self._fold_failed:  # once: every scrape tries again
+                    self._fold_failed = True
+                    log.warning("could not fold dead workers' metrics in %s: %s", self.folder, e)
+
+    def _worker_files(self) -> list[tuple[Path, int]]:
+        """The workers' files (and half-written ones) with the process id in their name."""
+        return [
+            (path, int(match[1]))
+            for path in self.folder.iterdir()
+            if (match := WORKER_FILE.fullmatch(path.name)) is not None
+        ]
 
     @contextlib.contextmanager
     def _lock(self, how: int) -> Iterator[bool]:
         """The folder's lock, shared or exclusive; yields whether it is held. Where it cannot
-        be made (a folder read-only to us), reads go without it and nothing is folded."""
+        be made (a folder read-only to us, no file descriptor left), reads go without it, and
+        this process folds nothing."""
         try:
-            fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.folder / LOCK, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError:
             yield False
             return
@@ -216,14 +240,27 @@ class _Folded:
 
 
 def _add(kind: str, into: Values, theirs: Values) -> None:
-    """A dead worker's counter or histogram values added to the folded ones."""
+    """A dead worker's counter or histogram values added to the folded ones; a histogram's sum
+    exactly (`_exact`), so that a scrape shows the same total after the folding as before."""
     for labels, value in theirs.items():
         if kind == "histogram":
-            counts, total = into.get(labels, ([0] * len(value[0]), 0.0))
+            counts, total = into.get(labels, ([0] * len(value[0]), []))
             added = [a + b for a, b in zip(counts, value[0], strict=True)]
-            into[labels] = [added, total + value[1]]
+            into[labels] = [added, _exact(sum_parts(total) + sum_parts(value[1]))]
         else:
-            into[labels] = into.get(labels, 0.0) + value
+            into[labels] = into.get(labels, 0.0) + value  # counts of requests: whole numbers
+
+
+def _exact(parts: list[float]) -> list[float]:
+    """Fewer floats (most often one) whose sum is exactly that of `parts`: one float would be
+    rounded, and the total a scrape shows could then drop a hair (`sum_parts`)."""
+    rest = sum(map(Fraction, parts), Fraction(0))
+    exact: list[float] = []
+    while rest:
+        part = float(rest)
+        exact.append(part)
+        rest -= Fraction(part)
+    return exact
 
 
 def _jsonable(families: Mapping[str, Values]) -> dict[str, list[list[Any]]]:
@@ -238,6 +275,11 @@ def _replace(path: Path, data: dict[str, Any]) -> None:
     partial = path.with_suffix(".tmp")
     partial.write_bytes(orjson.dumps(data))
     os.replace(partial, path)
+
+
+def _pid_in_name(path: Path) -> int | None:
+    match = WORKER_FILE.fullmatch(path.name)
+    return None if match is None else int(match[1])
 
 
 def _read_regular(path: Path) -> bytes:
@@ -281,6 +323,8 @@ def _value(name: str, kind: str, buckets: int, value: Any) -> Any:
     counts, total = value
     if len(counts) != buckets or not all(type(c) is int and c >= 0 for c in counts):
         raise ValueError(f"{name}: {counts!r} are not {buckets} bucket counts")
+    if isinstance(total, list):  # the folded file's exact parts
+        return [list(counts), [_number(name, part) for part in total]]
     return [list(counts), _number(name, total)]
 
 
@@ -308,7 +352,7 @@ def prepare(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for path in folder.iterdir():
-            if FILE_NAME.fullmatch(path.name):
+            if FILE_NAME.fullmatch(path.name) or path.name == LOCK:
                 path.unlink(missing_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")

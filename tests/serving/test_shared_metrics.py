@@ -6,11 +6,13 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +102,8 @@ def test_dead_workers_files_are_folded_into_one_and_every_total_stays(tmp_path: 
     dead = [dead_worker(tmp_path, requests) for requests in (3, 4)]
     assert here.shared is not None and live.shared is not None
     (tmp_path / f"metrics-{dead_pid()}-ab.tmp").write_text("{")  # cut short by its death
+    writing = tmp_path / f"metrics-{os.getppid()}-cd.tmp"  # a live worker's write under way
+    writing.write_text("{")
 
     before = here.exposition().decode()  # reads the dead workers' files, then folds them
     after = here.exposition().decode()  # reads the folded file
@@ -113,7 +117,7 @@ def test_dead_workers_files_are_folded_into_one_and_every_total_stays(tmp_path: 
         assert "serving_requests_in_flight 1.0" in text  # the dead workers' gauges do not count
         assert sample(text, "serving_model_load_duration_seconds", **labels) == 2.0
     assert sorted(p.name for p in tmp_path.glob("metrics-*")) == sorted(
-        [here.shared.file.name, live.shared.file.name, "metrics-dead.json"]
+        [here.shared.file.name, live.shared.file.name, "metrics-dead.json", writing.name]
     )
     folded = json.loads((tmp_path / "metrics-dead.json").read_text())
     assert sorted(folded["merged"]) == sorted(p.name for p in dead)
@@ -136,6 +140,58 @@ def test_a_folding_cut_short_counts_nothing_twice(tmp_path: Path):
     assert rows_count(here.exposition().decode()) == 3  # not 6
     assert not dead.exists()  # that scrape removed it
     assert rows_count(here.exposition().decode()) == 3
+
+    dead.write_bytes(left)  # again, and another worker has died since
+    other = dead_worker(tmp_path, 4)
+    assert rows_count(here.exposition().decode()) == 7
+    merged = json.loads((tmp_path / "metrics-dead.json").read_text())["merged"]
+    assert sorted(merged) == sorted([dead.name, other.name])
+    assert not dead.exists() and not other.exists()
+    assert rows_count(here.exposition().decode()) == 7
+
+
+def workers_that_took(folder: Path, seconds: dict[int | None, float]) -> list[Metrics]:
+    """A worker per process id (None: this process), each having answered one request in
+    `seconds`."""
+    workers = [Metrics(SharedMetrics(folder, pid=pid)) for pid in seconds]
+    for metrics, took in zip(workers, seconds.values(), strict=True):
+        metrics.observe_request("side_effects", "1", ENDPOINT, 200, took)
+        metrics.flush()
+    return workers
+
+
+def duration_sum(worker: Metrics) -> float:
+    text = worker.exposition().decode()
+    return sample(text, "serving_request_duration_seconds_sum", model="side_effects")
+
+
+def test_sums_are_added_exactly_whatever_the_order(tmp_path: Path):
+    here, *_ = workers_that_took(tmp_path, {None: 0.1, os.getppid(): 0.2, 1: 0.3})
+    # one by one, in any order after 0.1, 0.6000000000000001; the next scrape, answered by
+    # a worker that adds in another order, could show 0.6: a counter reset for Prometheus
+    assert duration_sum(here) == math.fsum([0.1, 0.2, 0.3]) == 0.6
+
+
+def test_folding_moves_no_sum_by_a_bit(tmp_path: Path):
+    here, *dead = workers_that_took(tmp_path, {None: 0.3, dead_pid(): 0.1, dead_pid(): 0.2})
+    before = duration_sum(here)  # then folds 0.1 and 0.2 (0.30000000000000004 as one float)
+    assert not any(d.shared.file.exists() for d in dead)  # type: ignore[union-attr]
+    assert duration_sum(here) == before == 0.6
+
+
+def test_a_scrape_waits_while_another_process_folds(tmp_path: Path):
+    here = Metrics(SharedMetrics(tmp_path))
+    dead = dead_worker(tmp_path, 3)
+    scraped: list[bytes] = []
+    with open(tmp_path / ".metrics.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker folding
+        scrape = threading.Thread(target=lambda: scraped.append(here.exposition()))
+        scrape.start()
+        scrape.join(0.5)
+        assert scrape.is_alive() and not scraped  # it waits for the folding to end
+    scrape.join(10)
+    assert rows_count(scraped[0].decode()) == 3
+    assert not dead.exists()
 
 
 def test_no_folding_while_another_process_reads_the_folder(tmp_path: Path):
@@ -396,12 +452,13 @@ def test_two_workers_any_scrape_sees_every_request_even_after_one_is_killed(tmp_
 
         os.kill(pids[0], signal.SIGKILL)  # a worker dies; uvicorn starts another
         deadline = time.monotonic() + 60
-        while len(list(folder.glob("metrics-*.json"))) < 3:
+        while len(list(folder.glob("metrics-[0-9]*.json"))) < 3:
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.1)
         wait_for_total(server.url, sent)  # the dead worker's requests still count
-        assert not list(folder.glob(f"metrics-{pids[0]}-*"))  # folded by that scrape
-        assert json.loads((folder / "metrics-dead.json").read_text())["merged"]
+        if not shared_metrics.pid_alive(pids[0]):  # folded by that scrape (unless a new
+            assert len(list(folder.glob("metrics-[0-9]*.json"))) == 2  # worker took its pid)
+            assert json.loads((folder / "metrics-dead.json").read_text())["merged"]
         wait_for_total(server.url, sent)  # and count from there, whichever worker answers
         wait_for_total(server.url, sent)
     finally:
