@@ -69,6 +69,10 @@ FILE_NAME = re.compile(rf"{WORKER_FILE.pattern}|metrics-dead\.(json|tmp)")
 LOCK = ".metrics.lock"
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Far above a snapshot (a few KB for a handful of models)."""
+MAX_SUM = 1e300
+"""Above any sum of seconds or rows; `math.fsum` of a few such is still finite."""
+MAX_SUM_PARTS = 64
+"""`_exact` writes a sum in a handful of parts at most."""
 Schema = Mapping[str, tuple[str, int, int]]
 """Family name → (kind, number of labels, counts per histogram value or 0), to check files."""
 
@@ -101,7 +105,7 @@ class SharedMetrics:
         peers = [peer for _, peer in workers]
         if folded is not None:
             peers.append(PeerValues(pid=0, alive=False, families=folded.families))
-            if any(not pid_alive(peer.pid) for peer in peers[:-1]) or any(
+            if any(_exited(path, peer) for path, peer in workers) or any(
                 (self.folder / name).exists() for name in folded.names
             ):
                 self._fold(schema)
@@ -173,7 +177,7 @@ class SharedMetrics:
                 dead = [
                     (path, peer)
                     for path, peer in self._read_workers(schema, folded, exited)
-                    if peer.pid == _pid_in_name(path)
+                    if _pid_in_name(path) == peer.pid
                 ]
                 leftover = [self.folder / n for n in folded.names if (self.folder / n).exists()]
                 if not dead and not leftover:
@@ -193,7 +197,7 @@ class SharedMetrics:
                 for path, pid in self._worker_files():  # a dead worker's half-written one
                     if path.suffix == ".tmp" and not pid_alive(pid):
                         path.unlink(missing_ok=True)
-            except OSError as e:
+            except Exception as e:  # a full disk, or a file damaged in a way reading let pass
                 if not self._fold_failed:  # once: every scrape tries again
                     self._fold_failed = True
                     log.warning("could not fold dead workers' metrics in %s: %s", self.folder, e)
@@ -282,6 +286,13 @@ def _pid_in_name(path: Path) -> int | None:
     return None if match is None else int(match[1])
 
 
+def _exited(path: Path, peer: PeerValues) -> bool:
+    """Whether a worker's file is one that folding takes: its process, named in the file's
+    name and in the file, has exited."""
+    pid = _pid_in_name(path)
+    return pid == peer.pid and not pid_alive(pid)
+
+
 def _read_regular(path: Path) -> bytes:
     """A plain file's bytes; a pipe or device (which could block a scrape or fill the memory)
     or a file far larger than any snapshot is refused."""
@@ -323,9 +334,20 @@ def _value(name: str, kind: str, buckets: int, value: Any) -> Any:
     counts, total = value
     if len(counts) != buckets or not all(type(c) is int and c >= 0 for c in counts):
         raise ValueError(f"{name}: {counts!r} are not {buckets} bucket counts")
-    if isinstance(total, list):  # the folded file's exact parts
-        return [list(counts), [_number(name, part) for part in total]]
-    return [list(counts), _number(name, total)]
+    if isinstance(total, list):  # the folded file's exact parts (`_exact`: a few)
+        if len(total) > MAX_SUM_PARTS:
+            raise ValueError(f"{name}: a sum in {len(total)} parts")
+        return [list(counts), [_sum_part(name, part) for part in total]]
+    return [list(counts), _sum_part(name, total)]
+
+
+def _sum_part(name: str, value: Any) -> float:
+    """A histogram's sum, or part of one: far enough from overflow to be added exactly
+    (`math.fsum` overflows near 1.8e308)."""
+    number = _number(name, value)
+    if abs(number) > MAX_SUM:
+        raise ValueError(f"{name}: a sum of {value!r}")
+    return number
 
 
 def _number(name: str, value: Any) -> float:

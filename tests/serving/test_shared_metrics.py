@@ -150,11 +150,11 @@ def test_a_folding_cut_short_counts_nothing_twice(tmp_path: Path):
     assert rows_count(here.exposition().decode()) == 7
 
 
-def workers_that_took(folder: Path, seconds: dict[int | None, float]) -> list[Metrics]:
+def workers_that_took(folder: Path, *seconds: tuple[int | None, float]) -> list[Metrics]:
     """A worker per process id (None: this process), each having answered one request in
-    `seconds`."""
-    workers = [Metrics(SharedMetrics(folder, pid=pid)) for pid in seconds]
-    for metrics, took in zip(workers, seconds.values(), strict=True):
+    so many seconds."""
+    workers = [Metrics(SharedMetrics(folder, pid=pid)) for pid, _ in seconds]
+    for metrics, (_, took) in zip(workers, seconds, strict=True):
         metrics.observe_request("side_effects", "1", ENDPOINT, 200, took)
         metrics.flush()
     return workers
@@ -166,14 +166,14 @@ def duration_sum(worker: Metrics) -> float:
 
 
 def test_sums_are_added_exactly_whatever_the_order(tmp_path: Path):
-    here, *_ = workers_that_took(tmp_path, {None: 0.1, os.getppid(): 0.2, 1: 0.3})
+    here, *_ = workers_that_took(tmp_path, (None, 0.1), (os.getppid(), 0.2), (1, 0.3))
     # one by one, in any order after 0.1, 0.6000000000000001; the next scrape, answered by
     # a worker that adds in another order, could show 0.6: a counter reset for Prometheus
     assert duration_sum(here) == math.fsum([0.1, 0.2, 0.3]) == 0.6
 
 
 def test_folding_moves_no_sum_by_a_bit(tmp_path: Path):
-    here, *dead = workers_that_took(tmp_path, {None: 0.3, dead_pid(): 0.1, dead_pid(): 0.2})
+    here, *dead = workers_that_took(tmp_path, (None, 0.3), (dead_pid(), 0.1), (dead_pid(), 0.2))
     before = duration_sum(here)  # then folds 0.1 and 0.2 (0.30000000000000004 as one float)
     assert not any(d.shared.file.exists() for d in dead)  # type: ignore[union-attr]
     assert duration_sum(here) == before == 0.6
@@ -254,6 +254,12 @@ DAMAGED: dict[str, object] = {
     },
     "a sum that is a string": {
         "pid": 1, "started": 0, "families": {"serving_request_rows": [[ROWS, [[0] * 14, "nan"]]]}
+    },
+    "a sum that adding would overflow": {
+        "pid": 1, "started": 0, "families": {"serving_request_rows": [[ROWS, [[0] * 14, 1e308]]]}
+    },
+    "a sum in more parts than folding makes": {
+        "pid": 1, "started": 0, "families": {"serving_request_rows": [[ROWS, [[0] * 14, [1.0] * 65]]]}
     },
     "a process id no process can have": {"pid": 2**40, "started": 0, "families": {}, "x": []},
 }  # fmt: skip
