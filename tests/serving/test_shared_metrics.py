@@ -43,12 +43,28 @@ def traffic(metrics: Metrics, requests: int, *, load_s: float, answering: int) -
     metrics.answering = answering
 
 
+def worker(
+    folder: Path, pid: int | None, requests: int, *, load_s: float, answering: int
+) -> Metrics:
+    """A worker (None: this process) that answered `requests` requests; another process's
+    has written its file."""
+    metrics = Metrics(SharedMetrics(folder, pid=pid))
+    traffic(metrics, requests, load_s=load_s, answering=answering)
+    if pid is not None:
+        metrics.flush()
+    return metrics
+
+
+def dead_worker(folder: Path, requests: int) -> Path:
+    """The file a worker left when it exited, after answering `requests` requests."""
+    shared = worker(folder, dead_pid(), requests, load_s=9.0, answering=5).shared
+    assert shared is not None
+    return shared.file
+
+
 def test_a_scrape_adds_the_other_workers_values(tmp_path: Path):
-    here = Metrics(SharedMetrics(tmp_path))
-    traffic(here, 3, load_s=0.5, answering=1)
-    live = Metrics(SharedMetrics(tmp_path, pid=os.getppid()))  # a process that runs
-    traffic(live, 4, load_s=2.0, answering=2)
-    live.flush()
+    here = worker(tmp_path, None, 3, load_s=0.5, answering=1)
+    worker(tmp_path, os.getppid(), 4, load_s=2.0, answering=2)  # a process that runs
 
     text = here.exposition().decode()
     labels = {"model": "side_effects", "version": "1"}
@@ -80,25 +96,13 @@ def test_a_dead_workers_counts_stay_and_its_gauges_go(tmp_path: Path):
     assert sample(text, "serving_model_load_duration_seconds", **labels) == 0.5
 
 
-def dead_worker(folder: Path, requests: int) -> Path:
-    """The file a worker left when it exited, after answering `requests` requests."""
-    dead = Metrics(SharedMetrics(folder, pid=dead_pid()))
-    traffic(dead, requests, load_s=9.0, answering=5)
-    dead.flush()
-    assert dead.shared is not None
-    return dead.shared.file
-
-
 def rows_count(text: str) -> float:
     return sample(text, "serving_request_rows_count", model="side_effects", version="1")
 
 
 def test_dead_workers_files_are_folded_into_one_and_every_total_stays(tmp_path: Path):
-    here = Metrics(SharedMetrics(tmp_path))
-    traffic(here, 1, load_s=0.5, answering=0)
-    live = Metrics(SharedMetrics(tmp_path, pid=os.getppid()))  # a process that runs
-    traffic(live, 2, load_s=2.0, answering=1)
-    live.flush()
+    here = worker(tmp_path, None, 1, load_s=0.5, answering=0)
+    live = worker(tmp_path, os.getppid(), 2, load_s=2.0, answering=1)  # a process that runs
     dead = [dead_worker(tmp_path, requests) for requests in (3, 4)]
     assert here.shared is not None and live.shared is not None
     (tmp_path / f"metrics-{dead_pid()}-ab.tmp").write_text("{")  # cut short by its death
