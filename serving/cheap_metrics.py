@@ -206,16 +206,7 @@ class Histogram(Family[HistogramChild]):
         return [counts, total]
 
     def _merge(self, into: Values, theirs: Values) -> None:
-        """Counts add up; sums are kept as their parts and added once, exactly (`metric`)."""
-        for labels, (counts, total) in theirs.items():
-            mine = into.get(labels)
-            if mine is None:
-                into[labels] = [list(counts), sum_parts(total)]
-            else:
-                into[labels] = [
-                    [a + b for a, b in zip(mine[0], counts, strict=True)],
-                    sum_parts(mine[1]) + sum_parts(total),
-                ]
+        add_histograms(into, theirs)
 
     def metric(self, values: Values) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -226,6 +217,26 @@ class Histogram(Family[HistogramChild]):
                 buckets.append((_le(bound), cumulative))
             family.add_metric(list(labels), buckets, math.fsum(sum_parts(total)))
         return family
+
+
+def add_histograms(into: Values, theirs: Values) -> None:
+    """Another process's histogram values added to `into`: counts add up; sums are kept as
+    their parts and added once, exactly (`Histogram.metric`)."""
+    for labels, (counts, total) in theirs.items():
+        mine = into.get(labels)
+        if mine is None:
+            into[labels] = [list(counts), sum_parts(total)]
+        else:
+            into[labels] = [
+                [a + b for a, b in zip(mine[0], counts, strict=True)],
+                sum_parts(mine[1]) + sum_parts(total),
+            ]
+
+
+def add_counters(into: Values, theirs: Values) -> None:
+    """Another process's counter values added to `into`."""
+    for labels, value in theirs.items():
+        into[labels] = into.get(labels, 0.0) + value
 
 
 def sum_parts(total: float | list[float]) -> list[float]:
@@ -260,8 +271,7 @@ class Counter(_Number[CounterChild]):
         return CounterChild()
 
     def _merge(self, into: Values, theirs: Values) -> None:
-        for labels, value in theirs.items():
-            into[labels] = into.get(labels, 0.0) + value
+        add_counters(into, theirs)
 
 
 class Gauge(_Number[GaugeChild]):

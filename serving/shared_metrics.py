@@ -57,7 +57,7 @@ from typing import Any
 
 import orjson
 
-from serving.cheap_metrics import PeerValues, Values, sum_parts
+from serving.cheap_metrics import PeerValues, Values, add_counters, add_histograms, sum_parts
 
 log = logging.getLogger("serving")
 WORKER_FILE = re.compile(r"metrics-(\d+)-[0-9a-f]+\.(json|tmp)")
@@ -73,6 +73,9 @@ MAX_SUM = 1e300
 """Above any sum of seconds or rows; `math.fsum` of a few such is still finite."""
 MAX_SUM_PARTS = 64
 """`_exact` writes a sum in a handful of parts at most."""
+ADD_COUNTS = {"counter": add_counters, "histogram": add_histograms}
+"""How a dead worker's values join the folded ones, by kind (what a scrape does with a live
+worker's); gauges are not kept."""
 Schema = Mapping[str, tuple[str, int, int]]
 """Family name → (kind, number of labels, counts per histogram value or 0), to check files."""
 
@@ -177,16 +180,12 @@ class SharedMetrics:
                 dead = [
                     (path, peer)
                     for path, peer in self._read_workers(schema, folded, exited)
-                    if _pid_in_name(path) == peer.pid
+                    if _exited(path, peer)
                 ]
                 leftover = [self.folder / n for n in folded.names if (self.folder / n).exists()]
                 if not dead and not leftover:
                     return
-                families = {name: dict(values) for name, values in folded.families.items()}
-                for _, peer in dead:
-                    for name, values in peer.families.items():
-                        if schema[name][0] != "gauge":  # gauges count for live processes only
-                            _add(schema[name][0], families.setdefault(name, {}), values)
+                families = _fold_values(schema, folded, [peer for _, peer in dead])
                 done = sorted({*leftover, *(path for path, _ in dead)})
                 _replace(
                     self.folder / FOLDED,
@@ -205,9 +204,7 @@ class SharedMetrics:
     def _worker_files(self) -> list[tuple[Path, int]]:
         """The workers' files (and half-written ones) with the process id in their name."""
         return [
-            (path, int(match[1]))
-            for path in self.folder.iterdir()
-            if (match := WORKER_FILE.fullmatch(path.name)) is not None
+            (path, pid) for path in self.folder.iterdir() if (pid := _pid_in_name(path)) is not None
         ]
 
     @contextlib.contextmanager
@@ -243,21 +240,26 @@ class _Folded:
     families: dict[str, Values]
 
 
-def _add(kind: str, into: Values, theirs: Values) -> None:
-    """A dead worker's counter or histogram values added to the folded ones; a histogram's sum
-    exactly (`_exact`), so that a scrape shows the same total after the folding as before."""
-    for labels, value in theirs.items():
-        if kind == "histogram":
-            counts, total = into.get(labels, ([0] * len(value[0]), []))
-            added = [a + b for a, b in zip(counts, value[0], strict=True)]
-            into[labels] = [added, _exact(sum_parts(total) + sum_parts(value[1]))]
-        else:
-            into[labels] = into.get(labels, 0.0) + value  # counts of requests: whole numbers
+def _fold_values(schema: Schema, folded: _Folded, dead: list[PeerValues]) -> dict[str, Values]:
+    """The folded values with the dead workers' added: counters and histograms as a scrape
+    adds them, histogram sums then made exact and few; no gauges (live processes only)."""
+    families = {name: dict(values) for name, values in folded.families.items()}
+    for peer in dead:
+        for name, values in peer.families.items():
+            add = ADD_COUNTS.get(schema[name][0])
+            if add is not None:
+                add(families.setdefault(name, {}), values)
+    for name, values in families.items():
+        if schema[name][0] == "histogram":
+            for labels, (counts, total) in values.items():
+                values[labels] = [counts, _exact(sum_parts(total))]
+    return families
 
 
 def _exact(parts: list[float]) -> list[float]:
-    """Fewer floats (most often one) whose sum is exactly that of `parts`: one float would be
-    rounded, and the total a scrape shows could then drop a hair (`sum_parts`)."""
+    """Fewer floats (most often one) whose sum is exactly that of `parts`, for the folded
+    file: one float would be rounded, and the total a scrape shows could then drop a hair after
+    a folding (`sum_parts`). Counters need nothing of the kind: they count whole requests."""
     rest = sum(map(Fraction, parts), Fraction(0))
     exact: list[float] = []
     while rest:
