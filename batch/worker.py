@@ -206,7 +206,8 @@ def score_arrays(
     mask = pa.array(bad) if bad is not None else None
     # Bad rows hold zeros: scoring them costs less than copying the good ones out; their
     # outputs are masked to null below.
-    outputs = model.outputs(features.matrix, list(spec.outputs)) if n else {}
+    feeds = {model.metadata.inputs[0].name: features.matrix}
+    outputs = model.outputs(feeds, list(spec.outputs)) if n else {}
     columns: list[pa.Array] = []
     for name, width in zip(spec.outputs, spec.widths, strict=True):
         value = outputs.get(name)

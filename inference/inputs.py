@@ -1,4 +1,12 @@
-"""Turn what a user sends into the exact float32 matrix the graph takes, or say what is wrong.
+"""Turn what a user sends into the exact arrays the graph takes, or say what is wrong.
+
+The contract is named tensors (`as_tensors`): a dict of input name → array of any rank, checked
+against the signature (names, rank, fixed dimensions, datatype, equal batch sizes, an empty
+batch, NaN and infinity). Conversion is lossless for integers, booleans and text (an integer out
+of its type's range, a fraction for an integer input, a boolean for a number are refused);
+numbers become the input's float type (a value too large for it is refused as infinite). A
+tabular input (`[rows, features]` with feature names) also takes rows, records and named
+columns (`as_feature_matrix`, `from_records`, `from_columns`), and its messages name features.
 
 In-process callers and the HTTP service go through here, so a value refused in one is refused
 in the other with the same words. The Spark job applies the same rules to Arrow columns, one
@@ -14,8 +22,17 @@ from typing import Any
 import numpy as np
 
 from inference.errors import InvalidInputError
-from inference.metadata import InputInfo
+from inference.metadata import Datatype, InputInfo
 
+NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(code)
+    for name, code in {
+        "BOOL": "?", "UINT8": "u1", "UINT16": "u2", "UINT32": "u4", "UINT64": "u8",
+        "INT8": "i1", "INT16": "i2", "INT32": "i4", "INT64": "i8",
+        "FP16": "f2", "FP32": "f4", "FP64": "f8", "BYTES": "O",
+    }.items()
+}  # fmt: skip
+"""The numpy type onnxruntime takes for each datatype (BYTES: an object array of str)."""
 FLOAT = np.float32
 SCAN_MAX = 64
 """Up to this many values, looking at each in Python costs less than a numpy pass."""
@@ -38,20 +55,30 @@ def as_feature_matrix(
     if may_hold_booleans and array is not data and array.size and holds_booleans(data):
         raise InvalidInputError("features must be numbers, got true/false among them")
     matrix = array.astype(FLOAT, copy=False)
-    n_features = len(signature.feature_names)
-    if matrix.ndim != 2 or matrix.shape[1] != n_features:
+    names = feature_names(signature)
+    if matrix.ndim != 2 or matrix.shape[1] != len(names):
         raise InvalidInputError(
-            f"expected a 2-D batch of shape [rows, {n_features}] "
-            f"({', '.join(signature.feature_names)}), got shape {list(matrix.shape)}"
+            f"expected a 2-D batch of shape [rows, {len(names)}] "
+            f"({', '.join(names)}), got shape {list(matrix.shape)}"
         )
     if check:
         check_rows(matrix, signature)
     return matrix
 
 
+def feature_names(signature: InputInfo) -> list[str]:
+    """A tabular input's feature names; a message for any other input."""
+    if signature.feature_names is None:
+        raise InvalidInputError(
+            f"input {signature.name!r} has no feature names: send it as an array of shape "
+            f"{signature.shape} (-1: any size)"
+        )
+    return signature.feature_names
+
+
 def from_columns(columns: Mapping[str, Any], signature: InputInfo) -> np.ndarray:
     """A feature matrix from named columns; names must match the signature exactly."""
-    expected = signature.feature_names
+    expected = feature_names(signature)
     missing = [name for name in expected if name not in columns]
     unknown = [name for name in columns if name not in expected]
     if missing or unknown:
@@ -76,7 +103,7 @@ def from_records(
     may_hold_booleans: bool = True,
 ) -> np.ndarray:
     """A feature matrix from one mapping of feature name → value per row."""
-    expected = signature.feature_names
+    expected = feature_names(signature)
     rows = []
     for i, record in enumerate(records):
         missing = [name for name in expected if name not in record]
@@ -113,7 +140,7 @@ def check_rows(matrix: np.ndarray, signature: InputInfo) -> None:
         row = int(np.flatnonzero(bad)[0])
         col = int(np.flatnonzero(~np.isfinite(matrix[row]))[0])
         raise InvalidInputError(
-            f"row {row}, feature {signature.feature_names[col]!r}: {matrix[row, col]} is missing "
+            f"row {row}, feature {feature_names(signature)[col]!r}: {matrix[row, col]} is missing "
             f"or not a finite number ({int(bad.sum())} such row(s)); this model does not accept "
             "null, NaN or infinity"
         )
@@ -162,3 +189,122 @@ def _name_mismatch(missing: list[str], unknown: list[str], expected: list[str]) 
     if unknown:
         parts.append(f"unknown feature(s) {', '.join(map(repr, unknown))}")
     return f"{' and '.join(parts)}; this model expects: {', '.join(expected)}"
+
+
+def as_tensors(data: Mapping[str, Any], signature: Sequence[InputInfo]) -> dict[str, np.ndarray]:
+    """The named arrays the graph takes, each converted and checked against its input; the
+    batch must be non-empty and of one size across the inputs with a batch axis."""
+    feeds = {}
+    for info in signature:
+        if info.name not in data:
+            raise InvalidInputError(_inputs_mismatch(data, signature))
+        feeds[info.name] = as_tensor(data[info.name], info)
+    if len(data) != len(feeds):
+        raise InvalidInputError(_inputs_mismatch(data, signature))
+    check_batch(feeds, signature)
+    return feeds
+
+
+def as_tensor(value: Any, info: InputInfo) -> np.ndarray:
+    """One input's array: its datatype (converted where no value changes meaning) and a shape
+    of the input's rank with its fixed dimensions."""
+    array = _converted(value, info)
+    shape = array.shape
+    if len(shape) != len(info.shape) or any(
+        want not in (-1, got) for got, want in zip(shape, info.shape, strict=True)
+    ):
+        raise InvalidInputError(
+            f"input {info.name!r}: expected shape {info.shape} (-1: any size), got {list(shape)}"
+        )
+    return array
+
+
+def check_batch(feeds: Mapping[str, np.ndarray], signature: Sequence[InputInfo]) -> None:
+    """Refuse an empty batch, batch sizes that differ across inputs, and NaN or infinity in a
+    float input that does not accept them."""
+    sizes = {i.name: feeds[i.name].shape[0] for i in signature if i.batch_axis}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name!r} {size}" for name, size in sizes.items())
+        raise InvalidInputError(
+            f"the inputs have different batch sizes ({listed}); send one row of each per example"
+        )
+    if sizes and not next(iter(sizes.values())):
+        raise InvalidInputError("the batch is empty: send at least one row")
+    for info in signature:
+        if info.accepts_non_finite or info.datatype not in FLOATS:
+            continue
+        array = feeds[info.name]
+        if info.feature_names is not None:
+            check_rows(array, info)
+        elif not math.isfinite(_total(array)):
+            rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
+            bad = invalid_rows(rows)
+            raise InvalidInputError(
+                f"input {info.name!r}: NaN or infinity in row {int(np.flatnonzero(bad)[0])} "
+                f"({int(bad.sum())} such row(s)); this model does not accept them"
+            )
+
+
+FLOATS = frozenset({"FP16", "FP32", "FP64"})
+
+
+def _converted(value: Any, info: InputInfo) -> np.ndarray:
+    """`value` as the input's numpy type, or a message saying what it holds instead."""
+    dtype = NUMPY_TYPES[info.datatype]
+    typed = isinstance(value, np.ndarray)
+    if typed and value.dtype == dtype:
+        same: np.ndarray = value
+        return same
+    try:
+        array = value if typed else np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nesting
+        raise InvalidInputError(f"input {info.name!r}: not a regular array: {e}") from e
+    wrong = _wrong_values(array, info.datatype)
+    if wrong is None and not typed and array.dtype.kind in "iuf" and holds_booleans(value):
+        wrong = "true/false among numbers"
+    if wrong is not None:
+        raise InvalidInputError(f"input {info.name!r}: expected {info.datatype}, got {wrong}")
+    if info.datatype == "BYTES":
+        return array.astype(object)
+    with np.errstate(over="ignore"):  # too large for the float type: infinity, refused later
+        converted: np.ndarray = array.astype(dtype)
+    return converted
+
+
+def _wrong_values(array: np.ndarray, datatype: Datatype) -> str | None:
+    """What the array holds that the datatype cannot take without changing a value."""
+    kind = array.dtype.kind
+    if not array.size:
+        return None
+    if datatype == "BYTES":
+        text = kind in "US" or (kind == "O" and all(isinstance(v, str | bytes) for v in array.flat))
+        return None if text else "values that are not text"
+    if datatype == "BOOL":
+        return None if kind == "b" else f"{_describe(array)} (send true/false)"
+    if kind not in "iu" or datatype in FLOATS:
+        return None if kind in "iuf" and datatype in FLOATS else _describe_kind(array)
+    return _out_of_range(array, datatype)
+
+
+def _out_of_range(array: np.ndarray, datatype: Datatype) -> str | None:
+    """The first integer outside the integer datatype's range, described."""
+    limits = np.iinfo(NUMPY_TYPES[datatype])
+    low, high = int(array.min()), int(array.max())
+    if low < limits.min or high > limits.max:
+        return f"{low if low < limits.min else high}, out of its range"
+    return None
+
+
+def _describe_kind(array: np.ndarray) -> str:
+    return "fractions" if array.dtype.kind == "f" else _describe(array)
+
+
+def _inputs_mismatch(data: Mapping[str, Any], signature: Sequence[InputInfo]) -> str:
+    expected = [i.name for i in signature]
+    missing = [n for n in expected if n not in data]
+    unknown = [n for n in data if n not in expected]
+    parts = [f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []
+    if unknown:
+        parts.append(f"unknown input(s) {', '.join(map(repr, map(str, unknown)))}")
+    wanted = ", ".join(f"{i.name!r} {i.datatype} {i.shape}" for i in signature)
+    return f"{' and '.join(parts)}; this model takes: {wanted}"

@@ -1,8 +1,13 @@
-"""The bundle's self-description (`metadata.json`), as a validated pydantic model.
+"""A bundle's self-description, as a validated pydantic model.
 
-Training writes it with these classes and every reader (in-process, HTTP, Spark) loads it with
-them, so the contract has exactly one definition. Tensor datatypes use the Open Inference
-Protocol's names (FP32, INT64, ...) because that is what the HTTP service reports.
+A bare `model.onnx` is a model: its inputs and outputs come from the graph itself
+(`inference.bundle.describe`). `metadata.json` is an optional overlay on that: feature names,
+class labels, the role of each output, provenance, the sha256 of the graph. Our trainer writes it
+whole; a user may write only the keys they need (`python -m inference init` writes it for them),
+and a tensor entry may leave out `datatype` and `shape`, which the graph supplies. Every reader
+(in-process, HTTP, Spark) sees the merged `BundleMetadata`, so the contract has exactly one
+definition. Tensor datatypes use the Open Inference Protocol's names (FP32, INT64, BYTES, ...)
+because that is what the HTTP service reports.
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 ONNX_FILE = "model.onnx"
 
-Datatype = Literal["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "FP16", "FP32", "FP64"]
-OutputRole = Literal["scores", "class_index", "predictions", "layer"]
-"""What an output means: class scores, the predicted class index, regression values, or a
-hidden layer's activations (for featurization; not returned unless asked for)."""
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+"""ONNX tensor types in the Open Inference Protocol's names; BYTES is ONNX's `string`."""
+OutputRole = Literal["scores", "class_index", "predictions", "layer", "output"]
+"""What an output means: class scores, the predicted class index, regression values, a hidden
+layer's activations (for featurization; not returned unless asked for), or a plain graph output
+(what a bare graph's outputs are)."""
 
 
 class _Strict(BaseModel):
@@ -27,7 +37,8 @@ class _Strict(BaseModel):
 
 
 class TensorInfo(_Strict):
-    """One graph input or output; shape uses -1 for the batch axis."""
+    """One graph input or output; shape uses -1 for every dynamic dimension (the batch axis,
+    a sequence length, ...)."""
 
     name: str
     datatype: Datatype
@@ -36,24 +47,34 @@ class TensorInfo(_Strict):
 
 
 class InputInfo(TensorInfo):
-    feature_names: list[str] = Field(min_length=1)
+    feature_names: list[str] | None = Field(default=None, min_length=1)
+    """The columns of a tabular input `[rows, features]`, in order: they give the model the
+    friendly API (rows, records, named columns) and named Spark columns."""
     accepts_non_finite: bool = False
-    """NaN and infinity are refused unless the graph was built to handle them."""
+    """NaN and infinity in a float input are refused unless the graph was built for them."""
 
     @model_validator(mode="after")
     def _features_fit_shape(self) -> InputInfo:
-        if len(self.shape) != 2 or self.shape[1] != len(self.feature_names):
+        names = self.feature_names
+        if names is None:
+            return self
+        if len(self.shape) != 2 or self.shape[1] not in (-1, len(names)):
             raise ValueError(
-                f"input shape {self.shape} does not fit {len(self.feature_names)} feature names; "
-                f"expected [-1, {len(self.feature_names)}]"
+                f"input {self.name!r} of shape {self.shape} does not fit {len(names)} feature "
+                f"names; feature names need a [-1, {len(names)}] input"
             )
-        if len(set(self.feature_names)) != len(self.feature_names):
-            raise ValueError(f"feature names are not unique: {self.feature_names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names are not unique: {names}")
         return self
+
+    @property
+    def batch_axis(self) -> bool:
+        """Whether the first dimension is dynamic: the axis along which rows are batched."""
+        return bool(self.shape) and self.shape[0] == -1
 
 
 class OutputInfo(TensorInfo):
-    role: OutputRole
+    role: OutputRole = "output"
 
 
 class Preprocessing(_Strict):
@@ -69,9 +90,11 @@ class Preprocessing(_Strict):
 
 
 class OnnxInfo(_Strict):
-    file: str = ONNX_FILE
+    file: str = Field(default=ONNX_FILE, pattern=r"^[^/\\]+\.onnx$")
+    """A file in the version folder itself: a path elsewhere is refused."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    opset: int
+    """Checked at load when the overlay records it; computed at load otherwise."""
+    opset: int | None = None
     producer: str = ""
 
 
@@ -99,8 +122,9 @@ class BundleMetadata(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: int = Field(ge=1)
     description: str = ""
-    task: Literal["classification", "regression"]
-    inputs: list[InputInfo] = Field(min_length=1, max_length=1)
+    task: Literal["classification", "regression"] | None = None
+    """None for a graph that says nothing of its task (a bare `model.onnx`)."""
+    inputs: list[InputInfo] = Field(min_length=1)
     outputs: list[OutputInfo] = Field(min_length=1)
     classes: list[str] | None = None
     decision_threshold: float | None = None
@@ -109,28 +133,46 @@ class BundleMetadata(_Strict):
     metrics: dict[str, float] = {}
     history: dict[str, list[float]] = {}
     onnx: OnnxInfo
-    provenance: Provenance
+    provenance: Provenance | None = None
+    """How our trainer made the bundle; None for a graph from elsewhere."""
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
-        names = [o.name for o in self.outputs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"output names are not unique: {names}")
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            names = [t.name for t in tensors]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind} names are not unique: {names}")
+        roles = [o.role for o in self.outputs]
+        for role in ("scores", "class_index", "predictions"):
+            if roles.count(role) > 1:
+                raise ValueError(f"more than one output has the role {role!r}")
         if self.task == "classification":
             if not self.classes:
                 raise ValueError("a classification bundle needs its class labels ('classes')")
-            roles = {o.role for o in self.outputs}
-            if not {"scores", "class_index"} <= roles:
+            if not {"scores", "class_index"} <= set(roles):
                 raise ValueError("a classification bundle needs 'scores' and 'class_index' outputs")
         return self
 
     @property
-    def input(self) -> InputInfo:
-        return self.inputs[0]
+    def tabular(self) -> InputInfo | None:
+        """The input of a tabular model (one `[rows, features]` input with feature names), the
+        case that also takes rows, records and named columns; None for any other model."""
+        if len(self.inputs) == 1 and self.inputs[0].feature_names is not None:
+            return self.inputs[0]
+        return None
 
     @property
     def feature_names(self) -> list[str]:
-        return self.input.feature_names
+        """A tabular model's feature names; empty for any other model."""
+        tabular = self.tabular
+        return list(tabular.feature_names or []) if tabular is not None else []
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests can be merged along the first axis: every input and output has a
+        dynamic first dimension (Triton's rule for `max_batch_size > 0`)."""
+        tensors = [*self.inputs, *self.outputs]
+        return all(t.shape and t.shape[0] == -1 for t in tensors)
 
     @property
     def default_outputs(self) -> list[str]:

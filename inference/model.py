@@ -1,11 +1,15 @@
 """A loaded bundle: its metadata and a verified onnxruntime session, ready to predict.
 
 This is the one runtime interface that the HTTP service and the Spark job share, so their
-answers cannot drift: `load()` once, then `predict()` batches of raw features.
+answers cannot drift: `load()` once, then `predict()` batches: named tensors of any rank and
+datatype (`{"input_ids": ids, "attention_mask": mask}`), one array for a model of one input,
+or a tabular model's rows, records and named columns.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +20,17 @@ import numpy as np
 import onnxruntime as ort
 
 from inference import inputs
-from inference.bundle import read_metadata, resolve_bundle_dir, verify_checksum, verify_signature
+from inference.bundle import describe, onnx_path, read_overlay, resolve_bundle_dir, verify_checksum
 from inference.errors import InvalidInputError
-from inference.metadata import BundleMetadata, OutputRole
+from inference.inputs import NUMPY_TYPES
+from inference.metadata import BundleMetadata, InputInfo, OutputRole
 from inference.runtime import RuntimeOptions, build_session
+
+log = logging.getLogger(__name__)
+Feeds = dict[str, np.ndarray]
+PROBE_VALUES = 1 << 18
+"""The warm-up's largest batch holds at most this many values per input (256 rows of a small
+table, a few images): enough to measure the cost per row, cheap at load."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class Prediction:
     def labels(self) -> list[str]:
         """The predicted class label of each row."""
         classes = self.metadata.classes or []
-        return [classes[i] for i in self.class_index.tolist()]
+        return [classes[int(i)] for i in self.class_index.reshape(-1).tolist()]
 
     def _by_role(self, role: OutputRole) -> np.ndarray:
         info = self.metadata.output(role)
@@ -83,7 +94,8 @@ class Model:
         self.path = path
         self.metadata = metadata
         self.session = session
-        self.input_name = metadata.input.name
+        self.tabular = metadata.tabular
+        """The input of a tabular model (rows of named features); None for any other."""
         self.latency: Latency | None = None
         """Measured by `warm_up`; None before."""
         self._default_outputs = metadata.default_outputs
@@ -100,11 +112,11 @@ class Model:
     ) -> Model:
         """Load a model folder (latest version, or `version`) or a version folder, verified."""
         bundle_dir = resolve_bundle_dir(path, version)
-        metadata = read_metadata(bundle_dir)
-        onnx_file = verify_checksum(bundle_dir, metadata)
+        overlay = read_overlay(bundle_dir)
+        onnx_file = onnx_path(bundle_dir, overlay)
+        sha256 = verify_checksum(onnx_file, overlay)
         session = build_session(onnx_file, options or RuntimeOptions())
-        verify_signature(session, metadata, onnx_file)
-        return cls(bundle_dir, metadata, session)
+        return cls(bundle_dir, describe(bundle_dir, session, overlay, onnx_file, sha256), session)
 
     @property
     def name(self) -> str:
@@ -119,33 +131,75 @@ class Model:
         providers: list[str] = self.session.get_providers()
         return providers
 
-    def predict(self, features: Any, outputs: Sequence[str] | None = None) -> Prediction:
-        """Predict from a 2-D array-like of raw features, in the signature's feature order."""
-        return self.run(inputs.as_feature_matrix(features, self.metadata.input), outputs)
+    def predict(self, data: Any, outputs: Sequence[str] | None = None) -> Prediction:
+        """Predict from named tensors (a mapping of input name → array of any rank), or, for a
+        model of one input, from that input's array (a tabular model's rows of raw features,
+        in the signature's feature order)."""
+        return self.run(self.feeds(data), outputs)
+
+    def feeds(self, data: Any) -> Feeds:
+        """What `predict` takes, as the checked arrays the graph runs on."""
+        if isinstance(data, Mapping):
+            return inputs.as_tensors(data, self.metadata.inputs)
+        if self.tabular is not None:
+            return {self.tabular.name: inputs.as_feature_matrix(data, self.tabular)}
+        if len(self.metadata.inputs) == 1:
+            return inputs.as_tensors({self.metadata.inputs[0].name: data}, self.metadata.inputs)
+        raise InvalidInputError(
+            f"this model has {len(self.metadata.inputs)} inputs: pass a dict of input name → "
+            f"array ({', '.join(repr(i.name) for i in self.metadata.inputs)})"
+        )
 
     def predict_columns(
         self, columns: Mapping[str, Any], outputs: Sequence[str] | None = None
     ) -> Prediction:
-        """Predict from named feature columns, e.g. `{"age": [70, 20]}`."""
-        return self.run(inputs.from_columns(columns, self.metadata.input), outputs)
+        """Predict from named feature columns, e.g. `{"age": [70, 20]}` (tabular models)."""
+        tabular = self._tabular()
+        return self.run({tabular.name: inputs.from_columns(columns, tabular)}, outputs)
 
     def predict_records(
         self, records: Sequence[Mapping[str, Any]], outputs: Sequence[str] | None = None
     ) -> Prediction:
-        """Predict from one mapping per row, e.g. `[{"age": 70}, {"age": 20}]`."""
-        return self.run(inputs.from_records(records, self.metadata.input), outputs)
+        """Predict from one mapping per row, e.g. `[{"age": 70}, {"age": 20}]` (tabular)."""
+        tabular = self._tabular()
+        return self.run({tabular.name: inputs.from_records(records, tabular)}, outputs)
 
-    def run(self, matrix: np.ndarray, outputs: Sequence[str] | None = None) -> Prediction:
-        """Run an already validated float32 matrix; `outputs` defaults to the non-layer ones."""
-        return Prediction(self.outputs(matrix, outputs), self.metadata)
+    def _tabular(self) -> InputInfo:
+        if self.tabular is None:
+            raise InvalidInputError(
+                "this model has no feature names: pass its inputs as arrays to predict() (add "
+                "feature names with 'python -m inference init' for a [rows, features] input)"
+            )
+        return self.tabular
+
+    def check(self, feeds: Mapping[str, Any]) -> Feeds:
+        """Named arrays checked against the signature (what every front end maps its format
+        to): the very arrays when they fit, converted where lossless, refused otherwise."""
+        return inputs.as_tensors(feeds, self.metadata.inputs)
+
+    def rows(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """The batch size of checked feeds (1 for a model with no batch axis)."""
+        for info in self.metadata.inputs:
+            if info.batch_axis:
+                return int(feeds[info.name].shape[0])
+        return 1
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: Sequence[str] | None = None
+    ) -> Prediction:
+        """Run already checked feeds (or the one input's checked array); `outputs` defaults to
+        all but hidden-layer ones."""
+        if isinstance(feeds, np.ndarray):
+            feeds = {self.metadata.inputs[0].name: feeds}
+        return Prediction(self.outputs(feeds, outputs), self.metadata)
 
     def outputs(
-        self, matrix: np.ndarray, outputs: Sequence[str] | None = None
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """`run`'s outputs by name, without the `Prediction` around them (the service's path,
         where a small model's whole run costs ~20 µs)."""
         names = self._default_outputs if outputs is None else self._checked(outputs)
-        values = self._session_run(names, {self.input_name: matrix}, self._run_options)
+        values = self._session_run(names, feeds, self._run_options)
         return dict(zip(names, values, strict=True))
 
     def _checked(self, outputs: Sequence[str]) -> list[str]:
@@ -160,13 +214,20 @@ class Model:
             )
         return names
 
-    def warm_up(self, probe_rows: int = 256) -> Latency:
-        """Run dummy batches so the first real request pays no lazy initialisation, and measure
-        the session's cost (fixed and per row) so callers can decide where to run a batch."""
-        n_features = len(self.metadata.feature_names)
+    def warm_up(self, probe_rows: int = 256) -> Latency | None:
+        """Run dummy batches (zeros) so the first real request pays no lazy initialisation, and
+        measure the session's cost (fixed and per row) so callers can decide where to run a
+        batch. A graph that refuses zeros (say, token ids it looks up past a table) is left
+        unmeasured (None): its runs then never go on the event loop."""
+        per_row = max(
+            math.prod(d if d > 0 else 1 for d in i.shape[1:]) for i in self.metadata.inputs
+        )
+        probe_rows = max(2, min(probe_rows, PROBE_VALUES // per_row))
+        if not self.metadata.batchable:
+            probe_rows = 1
 
         def median_seconds(rows: int, repeats: int) -> float:
-            batch = {self.input_name: np.zeros((rows, n_features), np.float32)}
+            batch = {i.name: _zeros(i, rows) for i in self.metadata.inputs}
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -174,22 +235,35 @@ class Model:
                 times.append(time.perf_counter() - start)
             return sorted(times)[len(times) // 2]
 
-        median_seconds(1, 3)  # first runs allocate; not measured
-        one, many = median_seconds(1, 7), median_seconds(probe_rows, 3)
+        try:
+            median_seconds(1, 3)  # first runs allocate; not measured
+            one = median_seconds(1, 7)
+            many = median_seconds(probe_rows, 3) if probe_rows > 1 else one
+        except Exception as e:  # onnxruntime's untyped errors: the graph refused the zeros
+            log.info("%s: warm-up with zeros failed (%s); its cost is not measured", self.path, e)
+            return None
         self.latency = Latency(
             fixed_s=one,
-            per_row_s=max(0.0, (many - one) / (probe_rows - 1)),
+            per_row_s=max(0.0, (many - one) / (probe_rows - 1)) if probe_rows > 1 else 0.0,
             probe_rows=probe_rows,
             probe_s=many,
         )
         return self.latency
 
 
+def _zeros(info: InputInfo, rows: int) -> np.ndarray:
+    """A batch of `rows` zeros (empty strings) for an input, its other dynamic sizes 1."""
+    shape = [rows if axis == 0 and d == -1 else max(d, 1) for axis, d in enumerate(info.shape)]
+    if info.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, NUMPY_TYPES[info.datatype])
+
+
 def _direct_run(session: ort.InferenceSession) -> Any:
     """The session's C++ `run(names, feed, run_options)`. onnxruntime's Python wrapper checks
     the feed's names against the graph on every call, reading each input's name and type
-    through pybind: that costs a sixth of a small model's run, and our one input is checked
-    against the graph once, at load (`verify_signature`). The wrapper also retries on the CPU
+    through pybind: that costs a sixth of a small model's run, and our inputs are checked
+    against the signature before every run (`Model.check`). The wrapper also retries on the CPU
     when a GPU provider fails mid-run, swapping `_sess` for a CPU one; `build_session` turns
     that fallback off, so the bound `run` stays the session's own. Where onnxruntime's internals
     differ, the public `run` it is."""

@@ -17,6 +17,10 @@ batch that merges on its own (requests that arrive while a run is under way alwa
 lone client then pays next to nothing for batching: neither `max_delay_us` nor the loop turns
 (they cost ~35 µs of CPU a request on a 2-CPU VM, more than a small model's run).
 
+Requests are merged along the batch axis only, and only with requests whose other dimensions
+agree: a model with a dynamic inner dimension (a sequence length) runs requests of different
+lengths apart, never padded. Models whose first dimension is fixed are not batched at all.
+
 Every request is validated before it joins the queue, so a malformed request fails alone and
 never reaches a batch. Should a merged run still fail, each of its requests is run again on its
 own, so only the request that fails gets the error.
@@ -34,7 +38,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -45,6 +49,7 @@ import inference
 from serving.errors import InferenceTimeout
 
 Outputs = dict[str, np.ndarray]
+Feeds = Mapping[str, np.ndarray]
 MERGED_TO_WAIT = 0.1
 """Requests wait for others while at least this share of recent batches merged requests."""
 MERGE_MEMORY = 0.2
@@ -58,7 +63,7 @@ few µs, where `max_delay_us` may be milliseconds), so that clients that start t
 noticed within a few requests even with `max_delay_us: 0`."""
 TIMER_RESOLUTION_S = 0.002
 """Waits shorter than this are polled rather than left to the loop's millisecond timers."""
-Runner = Callable[[inference.Model, np.ndarray, list[str] | None], Outputs]
+Runner = Callable[[inference.Model, Feeds, list[str] | None], Outputs]
 """Runs one batch on a model (`DataPlane.run`; None: the model's default outputs): the batcher
 only decides what goes together."""
 
@@ -102,7 +107,11 @@ def _first(value: int | None, default: int) -> int:
 class _Request:
     model: inference.Model
     """Held by the request while it is queued or running (the batcher holds it weakly)."""
-    matrix: np.ndarray
+    feeds: Feeds
+    rows: int
+    shape: tuple[tuple[int, ...], ...] | None
+    """The inputs' sizes past the batch axis, where the model lets them vary: only requests of
+    one `shape` merge. None where every size but the batch is fixed."""
     outputs: list[str]
     future: asyncio.Future[Outputs]
     enqueued: float
@@ -111,10 +120,6 @@ class _Request:
     due: float
     """When its batch leaves at the latest: `enqueued` plus the delay, or nothing added while
     waiting does not pay."""
-
-    @property
-    def rows(self) -> int:
-        return int(self.matrix.shape[0])
 
 
 @dataclass
@@ -160,6 +165,7 @@ class Batcher:
         self._soon: asyncio.Handle | None = None
         self._timeout_s = timeout_s
         self._delay_s = config.max_delay_us / 1e6
+        self._varying = any(-1 in i.shape[1:] for i in model.metadata.inputs)
         self._merged = 1.0
         """Moving share of recent batches that merged two or more requests (starts as if all
         had, so a new batcher waits as configured until it learns otherwise)."""
@@ -178,18 +184,19 @@ class Batcher:
             raise RuntimeError("the batcher's model version is gone")
         return model
 
-    async def submit(self, matrix: np.ndarray, outputs: list[str] | None) -> Outputs:
-        """Queue validated rows; their outputs come back when their batch has run."""
+    async def submit(self, feeds: Feeds, rows: int, outputs: list[str] | None) -> Outputs:
+        """Queue validated feeds of `rows` rows; their outputs come back when their batch has
+        run."""
         model = self.model
         wait, turn = self._waits()
-        if not turn and not self._queue and self._running < self._max_running:
-            rows = int(matrix.shape[0])
-            if self._inline(model, rows):
-                return self._run_at_once(model, matrix, rows, outputs)
+        idle = not turn and not self._queue and self._running < self._max_running
+        if idle and self._inline(model, rows):
+            return self._run_at_once(model, feeds, rows, outputs)
         loop = asyncio.get_running_loop()
         names = list(outputs) if outputs is not None else model.metadata.default_outputs
+        shape = tuple(a.shape[1:] for a in feeds.values()) if self._varying else None
         now = time.perf_counter()
-        request = _Request(model, matrix, names, loop.create_future(), now, now + wait)
+        request = _Request(model, feeds, rows, shape, names, loop.create_future(), now, now + wait)
         self._queue.append(request)
         self._queued_rows += request.rows
         self._schedule(loop, turned=not turn)
@@ -221,14 +228,14 @@ class Batcher:
         return latency is not None and latency.estimate(rows) <= self._inline_max_s
 
     def _run_at_once(
-        self, model: inference.Model, matrix: np.ndarray, rows: int, outputs: list[str] | None
+        self, model: inference.Model, feeds: Feeds, rows: int, outputs: list[str] | None
     ) -> Outputs:
         """A request that waits for nobody, on an idle model, run on the loop: what `_dispatch`
         does with a batch of one, without the queue, future and callbacks around it (they
         cost more than a small model's run)."""
         self._observer.queued(0.0)
         self._note_batch(rows, 1)
-        return self._run(model, matrix, outputs)
+        return self._run(model, feeds, outputs)
 
     def _note_batch(self, rows: int, requests: int) -> None:
         """Report a run to the observer and count it in the share of batches that merged."""
@@ -306,20 +313,27 @@ class Batcher:
 
     def _take(self, now: float) -> list[_Request]:
         """Requests from the head of the queue up to `max_batch_size` rows (a larger request
-        goes alone); cancelled ones are dropped."""
+        goes alone); cancelled ones are dropped. Where sizes past the batch axis may vary, the
+        batch takes the requests of the head's shape and leaves the others queued in order."""
         batch: list[_Request] = []
         rows = 0
+        passed: list[_Request] = []
         while self._queue:
             request = self._queue[0]
             if batch and rows + request.rows > self.config.max_batch_size:
                 break
             self._queue.popleft()
-            self._queued_rows -= request.rows
             if request.future.done():
+                self._queued_rows -= request.rows
                 continue
+            if batch and request.shape != batch[0].shape:
+                passed.append(request)
+                continue
+            self._queued_rows -= request.rows
             self._observer.queued(now - request.enqueued)
             batch.append(request)
             rows += request.rows
+        self._queue.extendleft(reversed(passed))
         return batch
 
     def _run_batch(self, batch: list[_Request]) -> list[Outputs | BaseException]:
@@ -327,9 +341,9 @@ class Batcher:
         if len(batch) == 1:
             return [self._run_alone(batch[0])]
         names = list(dict.fromkeys(n for r in batch for n in r.outputs))
-        matrix = np.concatenate([r.matrix for r in batch])
+        feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in batch[0].feeds}
         try:
-            merged = self._run(batch[0].model, matrix, names)
+            merged = self._run(batch[0].model, feeds, names)
         except Exception:
             return [self._run_alone(r) for r in batch]
         results: list[Outputs | BaseException] = []
@@ -342,7 +356,7 @@ class Batcher:
 
     def _run_alone(self, request: _Request) -> Outputs | BaseException:
         try:
-            return self._run(request.model, request.matrix, request.outputs)
+            return self._run(request.model, request.feeds, request.outputs)
         except Exception as e:
             return e
 

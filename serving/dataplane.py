@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import inference
-from inference.inputs import check_rows
 from serving.batching import Batcher
 from serving.collector import ServerCollector
 from serving.errors import InferenceTimeout, ModelNotReady, PayloadTooLarge
@@ -98,50 +98,51 @@ class DataPlane:
         return self.repository.get(name, version)
 
     async def infer(
-        self, model: inference.Model, matrix: np.ndarray, outputs: list[str] | None
+        self, model: inference.Model, feeds: Mapping[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
-        """Run one request's rows of raw features; checks rows, limits and time."""
-        rows = matrix.shape[0]
+        """Run one request's named tensors; checks them (`Model.check`), limits and time."""
+        checked = model.check(feeds)
+        rows = model.rows(checked)
         if rows > self.settings.max_batch_rows:
             raise PayloadTooLarge(
                 f"{rows} rows in one request exceed the limit of {self.settings.max_batch_rows}; "
                 "split the batch"
             )
-        check_rows(matrix, model.metadata.input)
         self.metrics.observe_request_rows(model.name, model.version, rows)
         batcher = self._batcher(model)
         if batcher is not None:
-            return await batcher.submit(matrix, outputs)  # it keeps the request timeout
+            return await batcher.submit(checked, rows, outputs)  # it keeps the request timeout
         latency = model.latency
         if latency is not None and latency.estimate(rows) <= self._inline_s:
-            return self.run(model, matrix, outputs)
+            return self.run(model, checked, outputs)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self.executor, self.run, model, matrix, outputs)
+                return await loop.run_in_executor(self.executor, self.run, model, checked, outputs)
         except TimeoutError:
             raise InferenceTimeout(
                 f"inference took longer than {self.settings.request_timeout_s}s"
             ) from None
 
     def run(
-        self, model: inference.Model, matrix: np.ndarray, outputs: list[str] | None
+        self, model: inference.Model, feeds: Mapping[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
         """One `session.run`, timed (on the event loop or in the executor)."""
         start = time.perf_counter()
-        result = model.outputs(matrix, outputs)
+        result = model.outputs(feeds, outputs)
         self.metrics.observe_inference(model.name, model.version, time.perf_counter() - start)
         return result
 
     def _batcher(self, model: inference.Model) -> Batcher | None:
-        """The model version's adaptive batcher, made on its first request; None when off."""
+        """The model version's adaptive batcher, made on its first request; None when off, or
+        when the model cannot be batched (a fixed first dimension, as Triton's rule)."""
         try:
             return self._batchers[model]
         except KeyError:
             pass
         config = self.repository.batching(model)
         batcher = None
-        if config.enabled:
+        if config.enabled and model.metadata.batchable:
             batcher = Batcher(
                 model,
                 config,

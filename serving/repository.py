@@ -230,6 +230,11 @@ class ModelRepository:
         try:
             model = inference.load(folder, version=version, options=self.options)
             latency = model.warm_up()
+            measured = (
+                f"measured {latency.fixed_s * 1e6:.1f} µs + {latency.per_row_s * 1e6:.2f} µs/row"
+                if latency is not None
+                else "cost not measured"
+            )
         except inference.InferenceError as e:
             log.error(
                 "model %s version %d failed to load: %s",
@@ -251,13 +256,12 @@ class ModelRepository:
         if model.name != name:
             log.warning("bundle %s is named %r; serving it as %r", model.path, model.name, name)
         log.info(
-            "loaded model %s version %d in %.3fs on %s (measured %.1f µs + %.2f µs/row)",
+            "loaded model %s version %d in %.3fs on %s (%s)",
             name,
             version,
             seconds,
             ", ".join(model.providers),
-            latency.fixed_s * 1e6,
-            latency.per_row_s * 1e6,
+            measured,
             extra={"model": name, "version": version},
         )
         if self.on_load is not None:

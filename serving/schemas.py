@@ -134,20 +134,30 @@ class RepositoryActionResponse(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    """Friendly prediction: one object of named features, or one row of values, per instance."""
+    """Friendly prediction: `instances`, one example each (an object of named features, a row of
+    values, an example's tensor as nested lists, or an object of input name → nested lists), or
+    `inputs`, the whole batch by column (an input's nested lists, or an object of them)."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"instances": [{"age": 70}, {"age": 20}]}, {"instances": [[70], [20]]}]
+            "examples": [
+                {"instances": [{"age": 70}, {"age": 20}]},
+                {"instances": [[70], [20]]},
+                {"inputs": {"input_ids": [[5, 7, 9]], "attention_mask": [[1, 1, 1]]}},
+            ]
         }
     )
-    instances: list[dict[str, float] | list[float] | float] = Field(min_length=1)
+    instances: list[Any] | None = Field(default=None, min_length=1)
+    inputs: dict[str, Any] | list[Any] | None = None
 
 
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
-    predictions: list[Any] = Field(
+    outputs: dict[str, Any] | None = None
+    """The answer to columnar `inputs`: output name → the batch's values."""
+    predictions: list[Any] | None = Field(
+        default=None,
         examples=[
             [
                 {
@@ -156,7 +166,7 @@ class PredictResponse(BaseModel):
                     "scores": {"no_side_effects": 0.26, "side_effects": 0.74},
                 }
             ]
-        ]
+        ],
     )
 
 
@@ -168,6 +178,7 @@ class ModelStatus(BaseModel):
     reason: str = ""
     task: str | None = None
     description: str = ""
+    inputs: list[TensorMetadata] = []
     features: list[str] = []
     classes: list[str] | None = None
     outputs: list[str] = []

@@ -199,11 +199,10 @@ def export_bundle(
         )
         _write_metadata(staging, metadata)
         diff = check_parity(staging, rows, expected)
-        metadata = metadata.model_copy(
-            update={
-                "provenance": metadata.provenance.model_copy(update={"parity_max_abs_diff": diff})
-            }
-        )
+        made = metadata.provenance
+        if made is not None:
+            made = made.model_copy(update={"parity_max_abs_diff": diff})
+        metadata = metadata.model_copy(update={"provenance": made})
         if plot is not None:
             plot(staging / "training.png")
         return _publish(staging, model_dir, metadata)
@@ -215,7 +214,7 @@ def check_parity(bundle_dir: Path, rows: np.ndarray, expected: list[np.ndarray])
     """Run the bundle as the service would and compare with PyTorch; returns the max abs diff."""
     model = inference.load(bundle_dir, options=inference.RuntimeOptions(intra_op_threads=1))
     names = [o.name for o in model.metadata.outputs]
-    actual = model.run(rows, names).outputs
+    actual = model.run({INPUT_NAME: rows}, names).outputs
     worst = 0.0
     for name, want in zip(names, expected, strict=True):
         got = actual[name]

@@ -5,7 +5,13 @@ Requests: the body may be gzip/deflate encoded (`Content-Encoding`); with
 binary tensors, in input order, sized by each input's `binary_data_size`. Responses: an output
 is binary when its request output says `binary_data: true`, or the request parameter
 `binary_data_output` is true and the output does not say otherwise; then the JSON header comes
-first, its length in `Inference-Header-Content-Length`, and the bytes follow.
+first, its length in `Inference-Header-Content-Length`, and the bytes follow. BYTES tensors
+(ONNX strings) are JSON strings, or in binary each element's 4-byte little-endian length and
+then its UTF-8 bytes, as Triton sends them.
+
+The codec only turns the protocol's format into named arrays of the datatypes the request
+declares; whether they fit the model (names, rank, sizes, batch) is `inference.Model.check`'s
+one contract, shared with every other front end.
 """
 
 from __future__ import annotations
@@ -37,17 +43,23 @@ DTYPES: dict[str, np.dtype[Any]] = {
     for name, code in {
         "BOOL": "?", "UINT8": "u1", "UINT16": "u2", "UINT32": "u4", "UINT64": "u8",
         "INT8": "i1", "INT16": "i2", "INT32": "i4", "INT64": "i8",
-        "FP16": "f2", "FP32": "f4", "FP64": "f8",
+        "FP16": "f2", "FP32": "f4", "FP64": "f8", "BYTES": "O",
     }.items()
 }  # fmt: skip
+LENGTH = np.dtype("<u4")
+"""The length prefix of each element of a binary BYTES tensor."""
 JSON_TYPES = frozenset({"application/json", "application/octet-stream", ""})
 JSON_KINDS = {
-    name: "b" if name == "BOOL" else "iuf" if name.startswith("FP") else "iu"
+    name: "b"
+    if name == "BOOL"
+    else "iuf"
+    if name.startswith("FP")
+    else "U"
+    if name == "BYTES"
+    else "iu"
     for name in DTYPES
-    if name != "FP16"
 }
-"""The datatypes a tensor may send as JSON `data` (not FP16 or BYTES), with the numpy kinds
-its values may have."""
+"""The numpy kinds that each datatype's JSON `data` may hold."""
 FP32_MAX = float(np.finfo(np.float32).max)
 SMALL = 16
 """Up to this many values, a range check in Python costs less than numpy's `errstate`."""
@@ -147,8 +159,8 @@ def mentions_booleans(body: Body) -> bool:
 def decode_request(body: Body, metadata: BundleMetadata) -> DecodedRequest:
     document = parse_json(body.header)
     booleans = mentions_booleans(body)
-    if body.binary or not booleans:  # the words true/false matter in JSON data only
-        plain = _plain_request(document, metadata.input, body.binary)
+    if len(metadata.inputs) == 1 and (body.binary or not booleans):  # true/false: JSON only
+        plain = _plain_request(document, metadata.inputs[0], body.binary)
         if plain is not None:
             return plain
     return _validated_request(document, body.binary, metadata, may_hold_booleans=booleans)
@@ -237,7 +249,12 @@ def _plain_binary(tensor: dict[str, Any], binary: bytes) -> np.ndarray | None:
     dtype = DTYPES.get(datatype)
     count = math.prod(shape)
     size = parameters.get("binary_data_size")
-    if dtype is None or type(size) is not int or not size == count * dtype.itemsize == len(binary):
+    if (
+        dtype is None
+        or dtype.kind == "O"
+        or type(size) is not int
+        or not size == count * dtype.itemsize == len(binary)
+    ):
         return None
     return np.frombuffer(binary, dtype=dtype, count=count).reshape(shape)
 
@@ -247,6 +264,8 @@ def _plain_tensor(tensor: dict[str, Any]) -> np.ndarray | None:
     shape needs."""
     datatype, shape, data = tensor["datatype"], tensor["shape"], tensor.get("data")
     if "parameters" in tensor or datatype not in JSON_KINDS or type(data) is not list:
+        return None
+    if datatype == "BYTES":
         return None
     dtype = DTYPES[datatype]
     try:
@@ -291,7 +310,6 @@ def _decode_inputs(
             array, offset = _from_binary(tensor, binary, offset)
         else:
             array = _from_json(tensor, may_hold_booleans=may_hold_booleans)
-        _check_shape(tensor.name, array.shape, info.shape)
         arrays[tensor.name] = array
     if offset != len(binary):
         raise BadRequest(
@@ -305,9 +323,9 @@ def _from_json(tensor: RequestInput, *, may_hold_booleans: bool) -> np.ndarray:
     name, datatype, shape, data = tensor.name, tensor.datatype, tensor.shape, tensor.data
     if data is None:
         raise BadRequest(f"input {name!r}: 'data' is missing (and no binary_data_size is given)")
-    kinds = JSON_KINDS.get(datatype)
-    if kinds is None:
-        raise BadRequest(f"input {name!r}: datatype {datatype} is not accepted as JSON data")
+    kinds = JSON_KINDS[datatype]
+    if datatype == "BYTES":
+        return _bytes_from_json(name, shape, data)
     try:
         values = _json_array(data, DTYPES[datatype])
     except ValueError as e:  # ragged nesting
@@ -322,6 +340,20 @@ def _from_json(tensor: RequestInput, *, may_hold_booleans: bool) -> np.ndarray:
             f"input {name!r}: shape {shape} needs {count} values but 'data' has {values.size}"
         )
     return _cast(values.reshape(shape), DTYPES[datatype])
+
+
+def _bytes_from_json(name: str, shape: list[int], data: Any) -> np.ndarray:
+    """A BYTES tensor's JSON `data`: strings, nested or flat, as many as the shape needs."""
+    values = np.asarray(data, dtype=object) if isinstance(data, list) else np.asarray([data])
+    flat = values.ravel() if values.dtype == object else values
+    if not all(type(v) is str for v in flat.flat):
+        raise BadRequest(f"input {name!r}: 'data' must hold BYTES as strings")
+    count = math.prod(shape)
+    if flat.size != count:
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values but 'data' has {flat.size}"
+        )
+    return flat.reshape(shape)
 
 
 def _wrong_kind(
@@ -371,13 +403,11 @@ def _json_array(data: list[Any], dtype: np.dtype[Any]) -> np.ndarray:
 def _from_binary(tensor: RequestInput, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
     name, datatype, shape = tensor.name, tensor.datatype, tensor.shape
     size = (tensor.parameters or {})["binary_data_size"]
-    if datatype == "BYTES":
-        raise BadRequest(f"input {name!r}: datatype BYTES is not supported by this model")
     dtype = DTYPES[datatype]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
     expected = math.prod(shape) * dtype.itemsize
-    if size != expected:
+    if datatype != "BYTES" and size != expected:
         raise BadRequest(
             f"input {name!r}: binary_data_size {size} does not fit shape {shape} of {datatype} "
             f"({expected} bytes)"
@@ -387,16 +417,43 @@ def _from_binary(tensor: RequestInput, binary: bytes, offset: int) -> tuple[np.n
             f"input {name!r}: binary_data_size {size} runs past the end of the binary part "
             f"({len(binary) - offset} bytes left)"
         )
+    if datatype == "BYTES":
+        return _bytes_from_binary(name, shape, binary[offset : offset + size]), offset + size
     array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset)
     return array.reshape(shape), offset + size
 
 
-def _check_shape(name: str, got: tuple[int, ...], model: list[int]) -> None:
-    fits = len(got) == len(model) and all(m in (-1, g) for g, m in zip(got, model, strict=True))
-    if not fits:
+def _bytes_from_binary(name: str, shape: list[int], blob: bytes) -> np.ndarray:
+    """Elements of a binary BYTES tensor: each a 4-byte little-endian length, then its bytes
+    (UTF-8 text: ONNX strings are text)."""
+    count = math.prod(shape)
+    values: list[str] = []
+    at = 0
+    while at < len(blob) and len(values) < count:
+        if at + 4 > len(blob):
+            break
+        length = int(np.frombuffer(blob, LENGTH, 1, at)[0])
+        if at + 4 + length > len(blob):
+            break
+        try:
+            values.append(blob[at + 4 : at + 4 + length].decode())
+        except UnicodeDecodeError as e:
+            raise BadRequest(f"input {name!r}: element {len(values)} is not UTF-8 text") from e
+        at += 4 + length
+    if len(values) != count or at != len(blob):
         raise BadRequest(
-            f"input {name!r}: shape {list(got)} does not fit the model's {model} (-1: any size)"
+            f"input {name!r}: the binary part does not hold {count} length-prefixed BYTES "
+            "elements (each a 4-byte little-endian length, then its bytes)"
         )
+    return np.array(values, dtype=object).reshape(shape)
+
+
+def _bytes_to_binary(array: np.ndarray) -> bytes:
+    parts = []
+    for value in array.ravel().tolist():
+        data = value if isinstance(value, bytes) else str(value).encode()
+        parts += [len(data).to_bytes(4, "little"), data]
+    return b"".join(parts)
 
 
 def _requested_outputs(
@@ -427,15 +484,18 @@ def encode_response(
     described, blobs = [], []
     flags, default = request.binary_flags, request.binary_default
     for name, array in outputs.items():
-        tensor: dict[str, Any] = {
-            "name": name,
-            "datatype": datatypes[name],
-            "shape": list(array.shape),
-        }
+        datatype = datatypes[name]
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if flags.get(name, default):
-            blob = np.ascontiguousarray(array, dtype=DTYPES[datatypes[name]]).tobytes()
+            blob = (
+                _bytes_to_binary(array)
+                if datatype == "BYTES"
+                else np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+            )
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif datatype == "BYTES":
+            tensor["data"] = [v if isinstance(v, str) else v.decode() for v in array.ravel()]
         else:
             flat = array.ndim == 1 and array.flags.c_contiguous
             tensor["data"] = array if flat else array.ravel()

@@ -1,10 +1,16 @@
-"""The friendly protocol for application developers: `{"instances": [...]}` in, one readable
-prediction per instance out.
+"""The friendly protocol for application developers (KServe v1 / TensorFlow Serving's REST
+formats): `{"instances": [...]}` in, one readable prediction per instance out; or
+`{"inputs": ...}` (columnar) in, `{"outputs": ...}` out.
 
-An instance is an object of named features (`{"age": 70}`), a row of values in the model's
-feature order (`[70]`), or, for a one-feature model, a bare value (`70`). A classifier's
-prediction is `{"label": ..., "class_index": ..., "scores": {label: score, ...}}`; a regressor's
-is its value (or list of values).
+For a tabular model an instance is an object of named features (`{"age": 70}`), a row of values
+in the model's feature order (`[70]`), or, for a one-feature model, a bare value (`70`). For any
+other model an instance is one example's tensor as nested lists (a model of one input), or an
+object of input name → nested lists (several inputs). Columnar `inputs` are the whole batch: the
+one input's nested lists, or an object of input name → nested lists.
+
+A classifier's prediction is `{"label": ..., "class_index": ..., "scores": {label: score, ...}}`;
+a regressor's is its value (or list of values); any other model's is its one output's value for
+the instance, or an object of output name → value.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def instances_to_matrix(
         )
     if any(isinstance(i, dict) for i in instances):
         raise BadRequest("'instances' mixes feature objects and rows; use one form")
-    n_features = len(signature.feature_names)
+    n_features = len(inputs.feature_names(signature))
     if n_features == 1 and not any(isinstance(i, list) for i in instances):
         instances = [[value] for value in instances]  # bare values for a one-feature model
     return inputs.as_feature_matrix(
@@ -47,10 +53,47 @@ def instances_to_matrix(
     )
 
 
+def instances_to_feeds(instances: Any, model: inference.Model) -> dict[str, Any]:
+    """A non-tabular model's instances (one example each) as named batches, for
+    `Model.check` to convert and check."""
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("'instances' must be a non-empty list, one example each")
+    infos = model.metadata.inputs
+    if len(infos) == 1 and not all(isinstance(i, dict) for i in instances):
+        return {infos[0].name: instances}
+    names = [i.name for i in infos]
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict) or sorted(instance) != sorted(names):
+            got = sorted(instance) if isinstance(instance, dict) else type(instance).__name__
+            raise BadRequest(
+                f"instance {index}: expected an object of the model's inputs "
+                f"({', '.join(map(repr, names))}), got {got}"
+            )
+    return {name: [instance[name] for instance in instances] for name in names}
+
+
+def columns_to_feeds(columns: Any, model: inference.Model) -> dict[str, Any]:
+    """Columnar `inputs`: the one input's batch, or an object of input name → batch (for a
+    tabular model also of feature name → column)."""
+    infos = model.metadata.inputs
+    if not isinstance(columns, dict):
+        if len(infos) != 1:
+            raise BadRequest(
+                f"'inputs' must be an object of this model's inputs: "
+                f"{', '.join(repr(i.name) for i in infos)}"
+            )
+        return {infos[0].name: columns}
+    tabular = model.tabular
+    if tabular is not None and tabular.name not in columns:
+        return {tabular.name: inputs.from_columns(columns, tabular)}
+    return columns
+
+
 def format_predictions(outputs: dict[str, np.ndarray], meta: inference.BundleMetadata) -> list[Any]:
-    if meta.task == "classification" and meta.classes:
-        scores = outputs["scores"]
-        indices = outputs["class_index"].tolist()
+    scores_info, index_info = meta.output("scores"), meta.output("class_index")
+    if meta.task == "classification" and meta.classes and scores_info and index_info:
+        scores = outputs[scores_info.name]
+        indices = outputs[index_info.name].reshape(-1).tolist()
         labels = meta.classes
         if scores.shape[1] == 1:  # one unit: the score of the second class
             return [
@@ -61,9 +104,28 @@ def format_predictions(outputs: dict[str, np.ndarray], meta: inference.BundleMet
             {"label": labels[i], "class_index": i, "scores": dict(zip(labels, row, strict=True))}
             for i, row in zip(indices, scores.tolist(), strict=True)
         ]
-    values = outputs["predictions"]
-    result: list[Any] = values[:, 0].tolist() if values.shape[1] == 1 else values.tolist()
-    return result
+    values = outputs.get(info.name) if (info := meta.output("predictions")) else None
+    if values is not None and values.ndim == 2:
+        result: list[Any] = values[:, 0].tolist() if values.shape[1] == 1 else values.tolist()
+        return result
+    return per_instance(outputs)
+
+
+def per_instance(outputs: dict[str, np.ndarray]) -> list[Any]:
+    """Each example's outputs: its one output's value, or an object of output name → value."""
+    lists = {name: _listed(array) for name, array in outputs.items()}
+    if len(lists) == 1:
+        return next(iter(lists.values()))
+    rows = {len(values) for values in lists.values()}
+    if len(rows) != 1:  # outputs without a batch axis: no way to tell the examples apart
+        raise BadRequest("this model's outputs are not one per instance: use 'inputs' instead")
+    return [dict(zip(lists, values, strict=True)) for values in zip(*lists.values(), strict=True)]
+
+
+def _listed(array: np.ndarray) -> list[Any]:
+    """An output as nested lists (scalars for a 0-d output)."""
+    value = array.tolist()
+    return value if isinstance(value, list) else [value]
 
 
 async def predict(request: Request, name: str, version: str | None = None) -> Response:
@@ -72,17 +134,26 @@ async def predict(request: Request, name: str, version: str | None = None) -> Re
     note_model(request.state, name, model.version)
     body = split_body(await request.body(), request.headers, plane.settings.max_body_bytes)
     document = parse_json(body.header)
-    if not isinstance(document, dict) or "instances" not in document:
-        raise BadRequest('the request body must be a JSON object {"instances": [...]}')
-    matrix = instances_to_matrix(
-        document["instances"], model.metadata.input, may_hold_booleans=mentions_booleans(body)
-    )
-    outputs = await plane.infer(model, matrix, None)
-    answer = {
-        "model_name": name,
-        "model_version": str(model.version),
-        "predictions": format_predictions(outputs, model.metadata),
-    }
+    if not isinstance(document, dict) or ("instances" in document) == ("inputs" in document):
+        raise BadRequest(
+            'the request body must be a JSON object {"instances": [...]} (one example each) '
+            'or {"inputs": ...} (columnar)'
+        )
+    answer: dict[str, Any] = {"model_name": name, "model_version": str(model.version)}
+    tabular = model.tabular
+    if "inputs" in document:
+        outputs = await plane.infer(model, columns_to_feeds(document["inputs"], model), None)
+        answer["outputs"] = {n: _listed(v) for n, v in outputs.items()}
+        return EncodedResponse(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY))
+    if tabular is not None:
+        matrix = instances_to_matrix(
+            document["instances"], tabular, may_hold_booleans=mentions_booleans(body)
+        )
+        feeds = {tabular.name: matrix}
+    else:
+        feeds = instances_to_feeds(document["instances"], model)
+    outputs = await plane.infer(model, feeds, None)
+    answer["predictions"] = format_predictions(outputs, model.metadata)
     return EncodedResponse(orjson.dumps(answer))
 
 
@@ -103,6 +174,9 @@ def status(request: Request, name: str) -> JSONResponse:
         answer.update(
             task=meta.task,
             description=meta.description,
+            inputs=[
+                {"name": i.name, "datatype": i.datatype, "shape": i.shape} for i in meta.inputs
+            ],
             features=meta.feature_names,
             classes=meta.classes,
             outputs=[o.name for o in meta.outputs],

@@ -73,7 +73,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     note_model(request.state, name, model.version)
     body = split_body(await request.body(), request.headers, plane.settings.max_body_bytes)
     decoded = decode_request(body, model.metadata)
-    outputs = await plane.infer(model, decoded.inputs[model.input_name], decoded.outputs)
+    outputs = await plane.infer(model, decoded.inputs, decoded.outputs)
     content, headers = encode_response(outputs, model.metadata, decoded)
     return EncodedResponse(content, headers)
 

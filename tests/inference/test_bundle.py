@@ -40,7 +40,9 @@ def test_unknown_version_lists_the_versions(copied_bundle: Path):
 
 def test_folder_without_bundles(tmp_path: Path):
     with pytest.raises(
-        BundleError, match=r"no bundle here: expected metadata\.json .* 'python -m training"
+        BundleError,
+        match=r"no bundle here: expected model\.onnx \(and optionally metadata\.json\) .* "
+        r"'python -m training",
     ):
         inference.load(tmp_path)
     with pytest.raises(BundleError, match=r"no such model folder"):
@@ -50,7 +52,10 @@ def test_folder_without_bundles(tmp_path: Path):
 def test_a_changed_model_file_is_refused(copied_bundle: Path):
     onnx_file = copied_bundle / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
-    with pytest.raises(BundleError, match=r"model\.onnx: sha256 [0-9a-f]{64} does not match"):
+    with pytest.raises(
+        BundleError,
+        match=r"model\.onnx: its sha256 does not match the one recorded in metadata\.json",
+    ):
         inference.load(copied_bundle)
 
 
@@ -65,7 +70,8 @@ def test_a_signature_that_does_not_match_the_graph_is_refused(copied_bundle: Pat
 def test_a_renamed_input_is_refused(copied_bundle: Path):
     edit_metadata(copied_bundle, lambda d: d["inputs"][0].update(name="x"))
     with pytest.raises(
-        BundleError, match=r"inputs in the graph \['features'\] do not match the metadata's \['x'\]"
+        BundleError,
+        match=r"input 'x' in metadata\.json is not in the graph; the graph's inputs: 'features'",
     ):
         inference.load(copied_bundle)
 
@@ -81,7 +87,6 @@ def test_a_corrupt_model_with_a_matching_checksum_is_refused(copied_bundle: Path
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.pop("inputs"), r"inputs: Field required"),
         (
             lambda d: d.update(task="ranking"),
             r"task: Input should be 'classification' or 'regression'",
@@ -89,7 +94,7 @@ def test_a_corrupt_model_with_a_matching_checksum_is_refused(copied_bundle: Path
         (lambda d: d.update(classes=None), r"a classification bundle needs its class labels"),
         (
             lambda d: d["inputs"][0].update(feature_names=["a"]),
-            r"input shape \[-1, 4\] does not fit 1 feature",
+            r"input 'features' of shape \[-1, 4\] does not fit 1 feature names",
         ),
         (lambda d: d.update(surprise=1), r"surprise: Extra inputs are not permitted"),
     ],

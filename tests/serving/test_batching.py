@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -271,8 +271,9 @@ def make_batcher(
     batches: list[tuple[int, int]] = []
 
     def run(
-        m: inference.Model, matrix: np.ndarray, names: list[str] | None
+        m: inference.Model, feeds: Mapping[str, np.ndarray], names: list[str] | None
     ) -> dict[str, np.ndarray]:
+        matrix = feeds["features"]
         if fail_on is not None and (matrix == fail_on).any():
             raise RuntimeError("this row breaks the model")
         if stall_on is not None and (matrix == stall_on).any():
@@ -291,10 +292,13 @@ def make_batcher(
     return batcher, batches
 
 
+def submit(batcher: Batcher, matrix: np.ndarray) -> Any:
+    """Submit one request's rows (the model's one input) for its default outputs."""
+    return batcher.submit({"features": matrix}, len(matrix), None)
+
+
 async def gather_submits(batcher: Batcher, matrices: list[np.ndarray]) -> list[Any]:
-    return await asyncio.gather(
-        *(batcher.submit(m, None) for m in matrices), return_exceptions=True
-    )
+    return await asyncio.gather(*(submit(batcher, m) for m in matrices), return_exceptions=True)
 
 
 @pytest.mark.parametrize("inline_max_us", [0, 1e6])  # through the executor, and on the loop
@@ -331,8 +335,8 @@ def test_a_cancelled_request_is_dropped_from_its_batch(iris: inference.Model):
     batcher, batches = make_batcher(iris, max_delay_us=20_000)
 
     async def scenario() -> list[Any]:
-        first = asyncio.ensure_future(batcher.submit(rows_for(0, 2), None))
-        second = asyncio.ensure_future(batcher.submit(rows_for(1, 3), None))
+        first = asyncio.ensure_future(submit(batcher, rows_for(0, 2)))
+        second = asyncio.ensure_future(submit(batcher, rows_for(1, 3)))
         await asyncio.sleep(0)
         first.cancel()
         return await asyncio.gather(first, second, return_exceptions=True)
@@ -347,7 +351,7 @@ def test_with_no_delay_one_request_runs_at_once(iris: inference.Model):
     batcher, batches = make_batcher(iris, max_delay_us=0)
 
     async def one() -> Any:
-        return await asyncio.wait_for(batcher.submit(rows_for(0, 1), None), timeout=5)
+        return await asyncio.wait_for(submit(batcher, rows_for(0, 1)), timeout=5)
 
     assert asyncio.run(one())["scores"].shape == (1, 3)
     assert batches == [(1, 1)]
@@ -359,7 +363,7 @@ def waiting_batcher(model: inference.Model, delay_s: float) -> tuple[Batcher, li
     batcher = Batcher(
         model,
         BatchingConfig(max_batch_size=8, max_delay_us=round(delay_s * 1e6)),
-        lambda m, matrix, names: m.outputs(matrix, names),
+        lambda m, feeds, names: m.outputs(feeds, names),
         ThreadPoolExecutor(1),
         inline_max_us=1e9,
         observer=BatchObserver(queued=waited.append),
@@ -375,10 +379,10 @@ def test_a_lone_client_stops_paying_the_delay_and_overlapping_clients_bring_it_b
 
     async def scenario() -> None:
         for i in range(20):  # one client: nothing ever joins its requests
-            await batcher.submit(rows_for(i, 1), None)
+            await submit(batcher, rows_for(i, 1))
         results = await gather_submits(batcher, [rows_for(i, 1) for i in range(3)])
         assert [r["scores"].shape for r in results] == [(1, 3)] * 3
-        await batcher.submit(rows_for(0, 1), None)
+        await submit(batcher, rows_for(0, 1))
 
     asyncio.run(scenario())
     learning, lone, together, after = waited[:11], waited[11:20], waited[20:23], waited[23]
@@ -394,7 +398,7 @@ def test_while_waiting_does_not_pay_every_256th_request_still_waits(iris: infere
 
     async def scenario() -> None:
         for i in range(11 + 2 * PROBE_EVERY):
-            await batcher.submit(rows_for(i, 1), None)
+            await submit(batcher, rows_for(i, 1))
 
     asyncio.run(scenario())
     probes = [i for i, seconds in enumerate(waited[11:]) if seconds >= delay_s * 0.95]
@@ -415,7 +419,7 @@ def test_with_no_delay_a_lone_client_runs_at_once_and_overlapping_clients_merge_
         await gather_submits(batcher, three)  # a new batcher waits the turn: one batch
         seen.append(len(batches))
         for i in range(11):  # one client: nothing ever joins its requests
-            await batcher.submit(rows_for(i, 1), None)
+            await submit(batcher, rows_for(i, 1))
         seen.append(len(batches))
         for _ in range(TURN_PROBE_EVERY // 3 + 2):  # three clients at once, again and again
             results = await gather_submits(batcher, three)
@@ -451,12 +455,12 @@ def test_a_timed_out_request_leaves_no_reference_cycle_holding_its_rows(
     async def scenario() -> weakref.ref[np.ndarray]:
         slow = rows_for(0, 1)
         slow[0, 0] = -5.0
-        running = asyncio.ensure_future(batcher.submit(slow, None))
+        running = asyncio.ensure_future(submit(batcher, slow))
         await asyncio.sleep(0.02)  # the slow batch is running; the next request must queue
         rows = rows_for(1, 2)
         held = weakref.ref(rows)
         try:
-            await batcher.submit(rows, None)
+            await submit(batcher, rows)
         except InferenceTimeout:
             pass
         else:
@@ -483,12 +487,12 @@ def test_requests_stuck_behind_a_slow_run_time_out_and_the_batcher_recovers(
     slow[0, 0] = -5.0
 
     async def scenario() -> tuple[list[Any], Any]:
-        running = asyncio.ensure_future(batcher.submit(slow, None))
+        running = asyncio.ensure_future(submit(batcher, slow))
         await asyncio.sleep(0.05)  # the slow batch is running; the next one must queue
-        queued = asyncio.ensure_future(batcher.submit(rows_for(1, 1), None))
+        queued = asyncio.ensure_future(submit(batcher, rows_for(1, 1)))
         stuck = await asyncio.gather(running, queued, return_exceptions=True)
         await asyncio.sleep(0.5)  # the slow run ends
-        after = await asyncio.wait_for(batcher.submit(rows_for(2, 1), None), timeout=5)
+        after = await asyncio.wait_for(submit(batcher, rows_for(2, 1)), timeout=5)
         return stuck, after
 
     stuck, after = asyncio.run(scenario())

@@ -21,7 +21,7 @@ from serving.protocol import codec
 from tests.conftest import MODELS
 
 META = inference.load(MODELS / "iris").metadata
-SIGNATURE = META.input
+SIGNATURE = META.inputs[0]
 ROW = [5.1, 3.5, 1.4, 0.2]
 
 

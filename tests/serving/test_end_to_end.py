@@ -83,7 +83,8 @@ def test_tritonclient_errors_carry_our_message(triton_client):  # type: ignore[n
     tensor = triton.InferInput("features", [1, 2], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 2), np.float32))
     with pytest.raises(
-        InferenceServerException, match=r"shape \[1, 2\] does not fit the model's \[-1, 1\]"
+        InferenceServerException,
+        match=r"input 'features': expected shape \[-1, 1\] \(-1: any size\), got \[1, 2\]",
     ):
         triton_client.infer("side_effects", [tensor])
     with pytest.raises(InferenceServerException, match=r"unknown model 'nope'"):

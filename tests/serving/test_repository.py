@@ -124,7 +124,7 @@ def test_loading_a_model_that_is_not_there(make_client: ClientFactory, repo_copy
 
 def test_a_load_that_fails_says_why(make_client: ClientFactory, repo_copy: Path):
     client = make_client(repo=repo_copy)
-    (repo_copy / "iris" / "1" / "metadata.json").write_text("{}")
+    (repo_copy / "iris" / "1" / "metadata.json").write_text('{"task": "ranking"}')
     response = client.post("/v2/repository/models/iris/load")
     assert response.status_code == 400
     assert (
@@ -137,7 +137,9 @@ def test_a_failed_reload_keeps_the_loaded_version_serving(
     make_client: ClientFactory, repo_copy: Path
 ):
     client = make_client(repo=repo_copy)
-    (repo_copy / "iris" / "1" / "metadata.json").write_text("{}")  # a broken bundle on disk
+    (repo_copy / "iris" / "1" / "metadata.json").write_text(
+        '{"task": "ranking"}'
+    )  # a broken bundle on disk
     assert client.post("/v2/repository/models/iris/load").status_code == 400
     body = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
     assert (

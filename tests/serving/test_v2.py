@@ -287,14 +287,14 @@ BAD_REQUESTS: list[tuple[str, Any, dict[str, str], int, str]] = [
         {"inputs": [tensor([[70.0, 1.0]], [1, 2])]},
         {},
         400,
-        "shape [1, 2] does not fit the model's [-1, 1]",
+        "input 'features': expected shape [-1, 1] (-1: any size), got [1, 2]",
     ),
     (
         "rank does not fit model",
         {"inputs": [tensor([70.0], [1])]},
         {},
         400,
-        "shape [1] does not fit the model's [-1, 1]",
+        "input 'features': expected shape [-1, 1] (-1: any size), got [1]",
     ),
     (
         "negative shape",

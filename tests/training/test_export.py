@@ -76,7 +76,7 @@ def test_parity_on_random_inputs_for_every_activation_and_layer(activation: str,
 
 def test_the_batch_axis_is_dynamic(iris_bundle: Path):
     model = inference.load(iris_bundle)
-    assert model.metadata.input.shape == [-1, 4]
+    assert model.metadata.inputs[0].shape == [-1, 4]
     for rows in (1, 2, 7, 1000):
         assert model.predict(np.ones((rows, 4))).scores.shape == (rows, 3)
 
