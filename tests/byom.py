@@ -8,6 +8,10 @@ what a user brings. Each maker returns the version folder it wrote.
   outputs `scores` FP32 [-1, 10] and `features` FP32 [-1, 4, 4, 4] (a rank-4 output).
 - `tokens`: a two-input token model (`input_ids`, `attention_mask`, INT64 [-1, -1]): outputs
   `logits` FP32 [-1, 2] and `hidden` FP32 [-1, -1, 8] (a dynamic sequence axis).
+- `strings`: ONNX's own StringNormalizer (built with onnx.helper): `text` BYTES [-1] in,
+  `lower` BYTES [-1] out.
+- `zipmap`: the digits pipeline converted with skl2onnx's defaults, whose probabilities are a
+  ZipMap (a sequence of maps, not a tensor): a graph the service must refuse, saying why.
 """
 
 from __future__ import annotations
@@ -32,6 +36,33 @@ def digits_sklearn(repo: Path, name: str = "digits_sklearn") -> Path:
     pipeline = make_pipeline(StandardScaler(), classifier).fit(x, y)
     graph = to_onnx(pipeline, x[:1], options={id(classifier): {"zipmap": False}})
     return _write(repo / name / "1", graph.SerializeToString())
+
+
+def strings(repo: Path, name: str = "strings") -> Path:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(
+        "StringNormalizer", ["text"], ["lower"], case_change_action="LOWER", locale="C"
+    )
+    graph = helper.make_graph(
+        [node],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("lower", TensorProto.STRING, ["batch"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _write(repo / name / "1", model.SerializeToString())
+
+
+def zipmap(repo: Path, name: str = "zipmap") -> Path:
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    model = DecisionTreeClassifier(max_depth=3, random_state=SEED).fit(x, y)
+    return _write(repo / name / "1", to_onnx(model, x[:1]).SerializeToString())
 
 
 def digits_images(count: int = 6) -> np.ndarray:
@@ -107,20 +138,23 @@ def token_batch(rows: int = 3, length: int = 5, seed: int = SEED) -> dict[str, n
 
 def _export(module, args, folder: Path, *, inputs, outputs, dynamic) -> Path:  # type: ignore[no-untyped-def]
     import io
+    import warnings
 
     import torch
 
     buffer = io.BytesIO()
-    torch.onnx.export(
-        module,
-        args,
-        buffer,
-        input_names=inputs,
-        output_names=outputs,
-        dynamic_axes=dynamic,
-        dynamo=False,
-        opset_version=17,
-    )
+    with warnings.catch_warnings():  # the legacy exporter is the quick one for N-d graphs
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            dynamo=False,
+            opset_version=17,
+        )
     return _write(folder, buffer.getvalue())
 
 

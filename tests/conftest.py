@@ -86,6 +86,18 @@ def copied_bundle(iris_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def byom_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository of bare graphs from real exporters (see tests/byom.py), made once:
+    read it, never write into it (copy it to change it)."""
+    from tests import byom
+
+    repo = tmp_path_factory.mktemp("byom")
+    for make in (byom.digits_sklearn, byom.digits_cnn, byom.tokens, byom.strings):
+        make(repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """One real Spark session (`local[2]`) for the whole test session; pyspark is imported only
     by the tests that use it."""
