@@ -34,6 +34,7 @@ NUMPY_TYPES: dict[str, np.dtype[Any]] = {
 }  # fmt: skip
 """The numpy type onnxruntime takes for each datatype (BYTES: an object array of str)."""
 FLOAT = np.float32
+_MISSING = object()
 SCAN_MAX = 64
 """Up to this many values, looking at each in Python costs less than a numpy pass."""
 NESTED = (list, tuple)
@@ -194,55 +195,95 @@ def _name_mismatch(missing: list[str], unknown: list[str], expected: list[str]) 
 def as_tensors(data: Mapping[str, Any], signature: Sequence[InputInfo]) -> dict[str, np.ndarray]:
     """The named arrays the graph takes, each converted and checked against its input; the
     batch must be non-empty and of one size across the inputs with a batch axis."""
-    feeds = {}
-    for info in signature:
-        if info.name not in data:
-            raise InvalidInputError(_inputs_mismatch(data, signature))
-        feeds[info.name] = as_tensor(data[info.name], info)
-    if len(data) != len(feeds):
-        raise InvalidInputError(_inputs_mismatch(data, signature))
-    check_batch(feeds, signature)
-    return feeds
+    return Checker(signature)(data)
+
+
+class Checker:
+    """`as_tensors` for one signature, prepared once (a model keeps one): every request runs
+    it, and for the common request (arrays already of the right type and shape) it costs a
+    few attribute reads per input. Then: no empty batch, one batch size across the inputs
+    with a batch axis, and no NaN or infinity in a float input that does not accept them."""
+
+    def __init__(self, signature: Sequence[InputInfo]):
+        self.signature = list(signature)
+        self._inputs = [
+            (
+                info,
+                NUMPY_TYPES[info.datatype],
+                info.shape,
+                info.batch_axis,
+                info.datatype in FLOATS and not info.accepts_non_finite,
+            )
+            for info in self.signature
+        ]
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if len(data) != len(self._inputs):
+            raise InvalidInputError(_inputs_mismatch(data, self.signature))
+        feeds = {}
+        size = None
+        for info, dtype, shape, batch, _ in self._inputs:
+            value = data.get(info.name, _MISSING)
+            if value is _MISSING:
+                raise InvalidInputError(_inputs_mismatch(data, self.signature))
+            if type(value) is not np.ndarray or value.dtype != dtype or not _fits(value, shape):
+                value = as_tensor(value, info)
+            feeds[info.name] = value
+            if not batch:
+                continue
+            if size is None:
+                size = value.shape[0]
+            elif value.shape[0] != size:
+                raise InvalidInputError(_sizes_differ(feeds, self.signature))
+        if size == 0:
+            raise InvalidInputError("the batch is empty: send at least one row")
+        for info, _, _, _, finite in self._inputs:
+            if finite:
+                _check_finite(feeds[info.name], info)
+        return feeds
+
+
+def _fits(array: np.ndarray, wanted: list[int]) -> bool:
+    shape = array.shape
+    if len(shape) != len(wanted):
+        return False
+    for got, want in zip(shape, wanted, strict=True):  # noqa: SIM110 (a loop: quicker than all())
+        if want not in (got, -1):
+            return False
+    return True
 
 
 def as_tensor(value: Any, info: InputInfo) -> np.ndarray:
     """One input's array: its datatype (converted where no value changes meaning) and a shape
     of the input's rank with its fixed dimensions."""
     array = _converted(value, info)
-    shape = array.shape
-    if len(shape) != len(info.shape) or any(
-        want not in (-1, got) for got, want in zip(shape, info.shape, strict=True)
-    ):
+    if not _fits(array, info.shape):
         raise InvalidInputError(
-            f"input {info.name!r}: expected shape {info.shape} (-1: any size), got {list(shape)}"
+            f"input {info.name!r}: expected shape {info.shape} (-1: any size), "
+            f"got {list(array.shape)}"
         )
     return array
 
 
-def check_batch(feeds: Mapping[str, np.ndarray], signature: Sequence[InputInfo]) -> None:
-    """Refuse an empty batch, batch sizes that differ across inputs, and NaN or infinity in a
-    float input that does not accept them."""
-    sizes = {i.name: feeds[i.name].shape[0] for i in signature if i.batch_axis}
-    if len(set(sizes.values())) > 1:
-        listed = ", ".join(f"{name!r} {size}" for name, size in sizes.items())
+def _check_finite(array: np.ndarray, info: InputInfo) -> None:
+    if info.feature_names is not None:
+        check_rows(array, info)
+    elif not math.isfinite(_total(array)):
+        rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
+        bad = invalid_rows(rows)
         raise InvalidInputError(
-            f"the inputs have different batch sizes ({listed}); send one row of each per example"
+            f"input {info.name!r}: NaN or infinity in row {int(np.flatnonzero(bad)[0])} "
+            f"({int(bad.sum())} such row(s)); this model does not accept them"
         )
-    if sizes and not next(iter(sizes.values())):
-        raise InvalidInputError("the batch is empty: send at least one row")
-    for info in signature:
-        if info.accepts_non_finite or info.datatype not in FLOATS:
-            continue
-        array = feeds[info.name]
-        if info.feature_names is not None:
-            check_rows(array, info)
-        elif not math.isfinite(_total(array)):
-            rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
-            bad = invalid_rows(rows)
-            raise InvalidInputError(
-                f"input {info.name!r}: NaN or infinity in row {int(np.flatnonzero(bad)[0])} "
-                f"({int(bad.sum())} such row(s)); this model does not accept them"
-            )
+
+
+def _sizes_differ(feeds: Mapping[str, np.ndarray], signature: Sequence[InputInfo]) -> str:
+    listed = ", ".join(
+        f"{i.name!r} {feeds[i.name].shape[0]}"
+        for i in signature
+        if i.batch_axis and i.name in feeds
+    )
+    return f"the inputs have different batch sizes ({listed}); send one row of each per example"
 
 
 FLOATS = frozenset({"FP16", "FP32", "FP64"})

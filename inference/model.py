@@ -96,6 +96,7 @@ class Model:
         self.session = session
         self.tabular = metadata.tabular
         """The input of a tabular model (rows of named features); None for any other."""
+        self._check = inputs.Checker(metadata.inputs)
         self.latency: Latency | None = None
         """Measured by `warm_up`; None before."""
         self._default_outputs = metadata.default_outputs
@@ -140,11 +141,11 @@ class Model:
     def feeds(self, data: Any) -> Feeds:
         """What `predict` takes, as the checked arrays the graph runs on."""
         if isinstance(data, Mapping):
-            return inputs.as_tensors(data, self.metadata.inputs)
+            return self._check(data)
         if self.tabular is not None:
             return {self.tabular.name: inputs.as_feature_matrix(data, self.tabular)}
         if len(self.metadata.inputs) == 1:
-            return inputs.as_tensors({self.metadata.inputs[0].name: data}, self.metadata.inputs)
+            return self._check({self.metadata.inputs[0].name: data})
         raise InvalidInputError(
             f"this model has {len(self.metadata.inputs)} inputs: pass a dict of input name → "
             f"array ({', '.join(repr(i.name) for i in self.metadata.inputs)})"
@@ -175,7 +176,7 @@ class Model:
     def check(self, feeds: Mapping[str, Any]) -> Feeds:
         """Named arrays checked against the signature (what every front end maps its format
         to): the very arrays when they fit, converted where lossless, refused otherwise."""
-        return inputs.as_tensors(feeds, self.metadata.inputs)
+        return self._check(feeds)
 
     def rows(self, feeds: Mapping[str, np.ndarray]) -> int:
         """The batch size of checked feeds (1 for a model with no batch axis)."""
