@@ -27,6 +27,11 @@ from inference.metadata import BundleMetadata, InputInfo, OutputRole
 from inference.runtime import RuntimeOptions, build_session
 
 log = logging.getLogger(__name__)
+RUN_REFUSED: type[Exception] = getattr(
+    getattr(ort.capi, "onnxruntime_pybind11_state", None), "InvalidArgument", RuntimeError
+)
+"""What onnxruntime raises when a graph refuses the values it was given (a token id past its
+embedding table, sizes its reshape cannot take): the sender's error, not the server's."""
 Feeds = dict[str, np.ndarray]
 PROBE_VALUES = 1 << 18
 """The warm-up's largest batch holds at most this many values per input (256 rows of a small
@@ -106,6 +111,9 @@ class Model:
         """One for every run (only read by onnxruntime): given None, it makes one per run,
         a tenth of a small model's run. Setting anything on it (`terminate`, config entries)
         would reach every run of this model in flight."""
+        self._run_options.log_severity_level = 4
+        """A failed run is raised to the caller, who reports it; onnxruntime would also print
+        it to stderr, a line per bad request."""
 
     @classmethod
     def load(
@@ -200,7 +208,11 @@ class Model:
         """`run`'s outputs by name, without the `Prediction` around them (the service's path,
         where a small model's whole run costs ~20 µs)."""
         names = self._default_outputs if outputs is None else self._checked(outputs)
-        values = self._session_run(names, feeds, self._run_options)
+        try:
+            values = self._session_run(names, feeds, self._run_options)
+        except RUN_REFUSED as e:
+            reason = str(e).rsplit("Status Message: ", 1)[-1]
+            raise InvalidInputError(f"the model cannot run on this input: {reason}") from e
         return dict(zip(names, values, strict=True))
 
     def _checked(self, outputs: Sequence[str]) -> list[str]:

@@ -244,3 +244,13 @@ def test_show_and_init_through_the_command_line(repo_copy: Path, tmp_path: Path)
     assert not (repo_copy / "digits_cnn" / "1" / "metadata.json").exists()
     ambiguous = run_inference_cli("init", str(repo_copy / "tokens" / "1"), "--classes", "a,b,c")
     assert ambiguous.returncode == 2 and "name it with --scores" in ambiguous.stderr
+
+
+def test_values_the_graph_refuses_are_the_senders_error(byom_repo: Path, capfd):  # type: ignore[no-untyped-def]
+    tokens = inference.load(byom_repo / "tokens")
+    with pytest.raises(
+        InvalidInputError,
+        match=r"the model cannot run on this input: indices element out of data bounds, idx=1000",
+    ):
+        tokens.predict({"input_ids": [[1000, 2]], "attention_mask": [[1, 1]]})
+    assert "Gather" not in capfd.readouterr().err  # raised once, not also printed by onnxruntime

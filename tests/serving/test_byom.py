@@ -160,6 +160,14 @@ def infer_json(http: httpx.Client, name: str, inputs: list[dict[str, object]]) -
             "different batch sizes ('input_ids' 1, 'attention_mask' 2)",
         ),
         (
+            "tokens",
+            [
+                {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1000, 2]},
+                {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]},
+            ],
+            "the model cannot run on this input: indices element out of data bounds, idx=1000",
+        ),
+        (
             "strings",
             [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", 3]}],
             "input 'text': 'data' must hold BYTES as strings",
