@@ -123,11 +123,7 @@ class ModelRepository:
             return list(self.only)
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and ((p / "model.yaml").is_file() or inference.list_versions(p))
-        )
+        return sorted(p.name for p in self.root.iterdir() if _holds_model(p))
 
     def load_all(self) -> None:
         """Load every model; a model that cannot load is recorded with its reason, never fatal."""
@@ -212,6 +208,8 @@ class ModelRepository:
         selected = section.version_policy.select(available)
         if not selected:
             reason = f"no bundle version to serve in {folder} (found: {available or 'none'})"
+            if (folder / "model.onnx").is_file():
+                reason += f"; put model.onnx in a numbered version folder: {folder / '1'}/"
             log.error("model %s not loaded: %s", name, reason, extra={"model": name})
             return ModelEntry(name, reason=reason)
         batching = self.default_batching.override(section.batching)
@@ -289,6 +287,15 @@ def _serving_section(folder: Path) -> Any:
     except yaml.YAMLError as e:
         raise ValueError(f"not valid YAML: {' '.join(str(e).split())}") from e
     return raw.get("serving") if isinstance(raw, dict) else None
+
+
+def _holds_model(folder: Path) -> bool:
+    """A model folder: numbered versions, a spec, or a graph put there without a version
+    folder (listed, so that its reason says where the graph belongs)."""
+    if not folder.is_dir():
+        return False
+    files = ("model.yaml", "model.onnx", "metadata.json")
+    return any((folder / f).is_file() for f in files) or bool(inference.list_versions(folder))
 
 
 def _is_dir(path: Path) -> bool:

@@ -235,3 +235,17 @@ def test_tritonclient_errors_name_the_input(client):  # type: ignore[no-untyped-
     tensor.set_data_from_numpy(np.full((1, 1, 8, 8), np.nan, np.float32))
     with pytest.raises(InferenceServerException, match=r"'image': NaN or infinity in row 0"):
         client.infer("digits_cnn", [tensor])
+
+
+def test_a_graph_outside_a_version_folder_is_listed_with_the_fix(byom_repo: Path, tmp_path: Path):
+    from tests.serving.conftest import running_app
+
+    repo = tmp_path / "models"
+    (repo / "flat").mkdir(parents=True)
+    shutil.copy(byom_repo / "tokens" / "1" / "model.onnx", repo / "flat" / "model.onnx")
+    shutil.copytree(byom_repo / "digits_cnn", repo / "digits_cnn")
+    with running_app(repo=repo) as app:
+        status = app.get("/v1/models/flat").json()
+        assert status["ready"] is False
+        assert "put model.onnx in a numbered version folder" in status["reason"]
+        assert app.get("/v2/models/digits_cnn/ready").status_code == 200
