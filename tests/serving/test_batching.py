@@ -34,8 +34,9 @@ from serving.batching import (
     BatchObserver,
 )
 from serving.errors import InferenceTimeout
+from tests import byom
 from tests.conftest import MODELS
-from tests.serving.conftest import ClientFactory, Server
+from tests.serving.conftest import ClientFactory, Server, running_app
 from tests.serving.test_metrics import sample
 
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -498,3 +499,50 @@ def test_requests_stuck_behind_a_slow_run_time_out_and_the_batcher_recovers(
     stuck, after = asyncio.run(scenario())
     assert all(isinstance(r, InferenceTimeout) for r in stuck)
     assert after["scores"].shape == (1, 3)
+
+
+def test_requests_merge_only_with_requests_of_their_inner_shape(byom_repo: Path):
+    """Token requests of lengths 3 and 5, sent together: two merged runs, one per length (none
+    padded, none mixed), in the order they came, and each request gets its own rows back."""
+    model = inference.load(byom_repo / "tokens")
+    batches: list[tuple[int, int]] = []
+    batcher = Batcher(
+        model,
+        BatchingConfig(max_batch_size=100, max_delay_us=50_000),
+        lambda m, feeds, names: m.outputs(feeds, names),
+        ThreadPoolExecutor(1),
+        inline_max_us=0,
+        observer=BatchObserver(batch=lambda rows, n: batches.append((rows, n))),
+    )
+    requests = [byom.token_batch(rows=1 + i % 2, length=3 + 2 * (i % 2), seed=i) for i in range(4)]
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.submit(feeds, len(feeds["input_ids"]), None) for feeds in requests)
+        )
+
+    results = asyncio.run(together())
+    assert batches == [(2, 2), (4, 2)]
+    for feeds, result in zip(requests, results, strict=True):
+        np.testing.assert_allclose(result["hidden"], model.predict(feeds)["hidden"], rtol=1e-6)
+
+
+def test_a_model_with_a_fixed_first_dimension_is_never_batched(tmp_path: Path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    model_file = tmp_path / "fixed" / "1" / "model.onnx"
+    model_file.parent.mkdir(parents=True)
+    model_file.write_bytes(helper.make_model(graph).SerializeToString())
+    with running_app(repo=tmp_path, max_batch_size=8) as client:
+        body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [-1, 0, 2]}]}
+        answer = client.post("/v2/models/fixed/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == [0, 0, 2]
+        plane = client.app.dataplane  # type: ignore[attr-defined]
+        assert plane._batcher(plane.model("fixed")) is None
