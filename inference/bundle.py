@@ -137,14 +137,17 @@ def describe(
     onnx_file: Path,
     sha256: str,
 ) -> BundleMetadata:
-    """The bundle's metadata: the graph's signature with the overlay laid over it."""
+    """The bundle's metadata: the graph's signature with the overlay laid over it. A numbered
+    version folder's number is the version (a bundle copied to `2/` is version 2 wherever its
+    overlay came from), as the repository and its clients know it."""
     meta = session.get_modelmeta()
     onnx = overlay.get("onnx")
     merged: dict[str, Any] = {
         "name": _default_name(bundle_dir),
-        "version": int(bundle_dir.name) if bundle_dir.name.isdigit() else 1,
+        "version": 1,
         "description": meta.description or "",
         **overlay,
+        **({"version": int(bundle_dir.name)} if bundle_dir.name.isdigit() else {}),
         "inputs": _merge(session.get_inputs(), overlay.get("inputs"), "input", onnx_file),
         "outputs": _merge(session.get_outputs(), overlay.get("outputs"), "output", onnx_file),
         "onnx": {

@@ -216,8 +216,32 @@ class Checker:
             )
             for info in self.signature
         ]
+        first = self.signature[0]
+        inner = tuple(first.shape[1:])
+        self._one = (
+            (first.name, NUMPY_TYPES[first.datatype], len(first.shape), inner, self._inputs[0])
+            if len(self.signature) == 1 and first.batch_axis and -1 not in inner
+            else None
+        )
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        one = self._one
+        if one is not None and len(data) == 1:
+            name, dtype, rank, inner, (info, _, _, _, finite) = one
+            value = data.get(name)
+            if (
+                type(value) is np.ndarray
+                and (value.dtype is dtype or value.dtype == dtype)
+                and value.ndim == rank
+                and value.shape[1:] == inner
+                and value.shape[0]
+            ):
+                if finite:
+                    _check_finite(value, info)
+                return {name: value}
+        return self._general(data)
+
+    def _general(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if len(data) != len(self._inputs):
             raise InvalidInputError(_inputs_mismatch(data, self.signature))
         feeds = {}

@@ -13,6 +13,7 @@ because that is what the HTTP service reports.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -180,4 +181,9 @@ class BundleMetadata(_Strict):
         return [o.name for o in self.outputs if o.role != "layer"]
 
     def output(self, role: OutputRole) -> OutputInfo | None:
-        return next((o for o in self.outputs if o.role == role), None)
+        return self._roles.get(role)
+
+    @cached_property
+    def _roles(self) -> dict[str, OutputInfo]:
+        """The first output of each role (read on every v1 request)."""
+        return {o.role: o for o in reversed(self.outputs)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +28,14 @@ from inference.metadata import BundleMetadata, InputInfo, OutputRole
 from inference.runtime import RuntimeOptions, build_session
 
 log = logging.getLogger(__name__)
-RUN_REFUSED: type[Exception] = getattr(
-    getattr(ort.capi, "onnxruntime_pybind11_state", None), "InvalidArgument", RuntimeError
+_ORT_ERRORS = getattr(ort.capi, "onnxruntime_pybind11_state", None)
+RUN_REFUSED: tuple[type[Exception], ...] = tuple(
+    getattr(_ORT_ERRORS, name, RuntimeError) for name in ("InvalidArgument", "Fail")
 )
 """What onnxruntime raises when a graph refuses the values it was given (a token id past its
-embedding table, sizes its reshape cannot take): the sender's error, not the server's."""
+embedding table, a mask whose length does not broadcast with the ids, sizes its reshape cannot
+take): the sender's error, not the server's. The feeds have passed the signature's checks by
+then, so what is left is a clash between values or dynamic sizes that only the graph knows."""
 Feeds = dict[str, np.ndarray]
 PROBE_VALUES = 1 << 18
 """The warm-up's largest batch holds at most this many values per input (256 rows of a small
@@ -102,6 +106,7 @@ class Model:
         self.tabular = metadata.tabular
         """The input of a tabular model (rows of named features); None for any other."""
         self._check = inputs.Checker(metadata.inputs)
+        self._batched = next((i.name for i in metadata.inputs if i.batch_axis), None)
         self.latency: Latency | None = None
         """Measured by `warm_up`; None before."""
         self._default_outputs = metadata.default_outputs
@@ -188,10 +193,8 @@ class Model:
 
     def rows(self, feeds: Mapping[str, np.ndarray]) -> int:
         """The batch size of checked feeds (1 for a model with no batch axis)."""
-        for info in self.metadata.inputs:
-            if info.batch_axis:
-                return int(feeds[info.name].shape[0])
-        return 1
+        batched = self._batched
+        return 1 if batched is None else int(feeds[batched].shape[0])
 
     def run(
         self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: Sequence[str] | None = None
@@ -211,8 +214,7 @@ class Model:
         try:
             values = self._session_run(names, feeds, self._run_options)
         except RUN_REFUSED as e:
-            reason = str(e).rsplit("Status Message: ", 1)[-1]
-            raise InvalidInputError(f"the model cannot run on this input: {reason}") from e
+            raise InvalidInputError(f"the model cannot run on this input: {_reason(e)}") from e
         return dict(zip(names, values, strict=True))
 
     def _checked(self, outputs: Sequence[str]) -> list[str]:
@@ -292,3 +294,15 @@ def load(
 ) -> Model:
     """Shorthand for `Model.load`."""
     return Model.load(path, version, options)
+
+
+def _reason(error: Exception) -> str:
+    """onnxruntime's reason, without the source file and the assertion that precede it
+    ("/onnxruntime_src/...h:583 void ...Append(...) axis == 1 || ... was false. Attempting to
+    broadcast ..." → "Attempting to broadcast ... (node '/Mul', a Mul)")."""
+    text = str(error)
+    node = re.search(r"while running (\w+) node\. Name:'([^']*)'", text)
+    reason = text.rsplit("Status Message: ", 1)[-1].strip()
+    if reason.startswith("/") and " was false. " in reason:
+        reason = reason.split(" was false. ", 1)[1]
+    return f"{reason} (node {node.group(2)!r}, a {node.group(1)})" if node else reason

@@ -54,6 +54,45 @@ def strings(repo: Path, name: str = "strings") -> Path:
     return _write(repo / name / "1", model.SerializeToString())
 
 
+DTYPES = {
+    "u8": ("UINT8", np.uint8), "i8": ("INT8", np.int8), "i16": ("INT16", np.int16),
+    "u16": ("UINT16", np.uint16), "i32": ("INT32", np.int32), "u32": ("UINT32", np.uint32),
+    "u64": ("UINT64", np.uint64), "f16": ("FP16", np.float16), "f64": ("FP64", np.float64),
+    "b": ("BOOL", np.bool_),
+}  # fmt: skip
+"""The `dtypes` graph's inputs: name → (datatype, numpy type)."""
+
+
+def dtypes(repo: Path, name: str = "dtypes") -> Path:
+    """Identity for one input of every other tensor type, each [-1, 2] in and `<name>_out`."""
+    from onnx import helper
+    from onnx.helper import np_dtype_to_tensor_dtype
+
+    nodes, inputs, outputs = [], [], []
+    for key, (_, numpy_type) in DTYPES.items():
+        kind = np_dtype_to_tensor_dtype(np.dtype(numpy_type))
+        nodes.append(helper.make_node("Identity", [key], [f"{key}_out"]))
+        inputs.append(helper.make_tensor_value_info(key, kind, ["batch", 2]))
+        outputs.append(helper.make_tensor_value_info(f"{key}_out", kind, ["batch", 2]))
+    graph = helper.make_graph(nodes, "dtypes", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _write(repo / name / "1", model.SerializeToString())
+
+
+def dtype_batch(rows: int = 2) -> dict[str, np.ndarray]:
+    """Values at the edges of each type's range."""
+    feeds = {}
+    for key, (_, numpy_type) in DTYPES.items():
+        if numpy_type is np.bool_:
+            feeds[key] = np.array([[True, False]] * rows)
+        elif np.dtype(numpy_type).kind == "f":
+            feeds[key] = np.array([[-1.5, 65504.0]] * rows, numpy_type)
+        else:
+            info = np.iinfo(numpy_type)
+            feeds[key] = np.array([[info.min, info.max]] * rows, numpy_type)
+    return feeds
+
+
 def zipmap(repo: Path, name: str = "zipmap") -> Path:
     from skl2onnx import to_onnx
     from sklearn.datasets import load_digits

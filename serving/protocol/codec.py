@@ -478,8 +478,10 @@ def encode_response(
     outputs: dict[str, np.ndarray],
     metadata: BundleMetadata,
     request: DecodedRequest,
+    model_name: str | None = None,
 ) -> tuple[bytes, RawHeaders]:
-    """The response body and its headers (content type; header length when binary)."""
+    """The response body and its headers (content type; header length when binary);
+    `model_name` is the name the client called the model by (default: the bundle's)."""
     datatypes = {o.name: o.datatype for o in metadata.outputs}
     described, blobs = [], []
     flags, default = request.binary_flags, request.binary_default
@@ -501,7 +503,7 @@ def encode_response(
             tensor["data"] = array if flat else array.ravel()
         described.append(tensor)
     document = {
-        "model_name": metadata.name,
+        "model_name": metadata.name if model_name is None else model_name,
         "model_version": str(metadata.version),
         "outputs": described,
     }

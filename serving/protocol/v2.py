@@ -74,7 +74,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     body = split_body(await request.body(), request.headers, plane.settings.max_body_bytes)
     decoded = decode_request(body, model.metadata)
     outputs = await plane.infer(model, decoded.inputs, decoded.outputs)
-    content, headers = encode_response(outputs, model.metadata, decoded)
+    content, headers = encode_response(outputs, model.metadata, decoded, name)
     return EncodedResponse(content, headers)
 
 

@@ -28,6 +28,10 @@ def repo(byom_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("served") / "models"
     shutil.copytree(byom_repo, target)
     byom.zipmap(target)
+    byom.dtypes(target)
+    (target / "renamed").mkdir()  # a bundle copied under another name and version
+    shutil.copytree(target / "digits_sklearn" / "1", target / "renamed" / "2")
+    (target / "renamed" / "2" / "metadata.json").write_text('{"name": "digits", "version": 7}')
     (target / "garbage" / "1").mkdir(parents=True)
     (target / "garbage" / "1" / "model.onnx").write_bytes(b"not a graph")
     return target
@@ -85,6 +89,19 @@ def test_tritonclient_answers_as_onnxruntime(client, repo: Path, name: str, bina
             assert [v.decode() if isinstance(v, bytes) else v for v in got] == expected.tolist()
         else:
             np.testing.assert_array_equal(got, expected)
+
+
+def test_answers_name_the_model_and_version_as_the_repository_does(client, http: httpx.Client):  # type: ignore[no-untyped-def]
+    """A bundle copied to `renamed/2/` with an overlay still saying `digits`, version 7: clients
+    see the name they called and the folder's version, over v2 and v1 alike."""
+    pixels = byom.digits_images(1).reshape(1, 64) * 16
+    tensor = triton.InferInput("X", [1, 64], "FP32")
+    tensor.set_data_from_numpy(pixels)
+    answer = client.infer("renamed", [tensor]).get_response()
+    assert (answer["model_name"], answer["model_version"]) == ("renamed", "2")
+    v1 = http.post("/v1/models/renamed:predict", json={"instances": pixels.tolist()}).json()
+    assert (v1["model_name"], v1["model_version"]) == ("renamed", "2")
+    assert http.get("/v2/models/renamed").json()["parameters"]["version"] == "2"
 
 
 def test_no_outputs_named_returns_every_output(client, repo: Path):  # type: ignore[no-untyped-def]
@@ -168,6 +185,15 @@ def infer_json(http: httpx.Client, name: str, inputs: list[dict[str, object]]) -
             "the model cannot run on this input: indices element out of data bounds, idx=1000",
         ),
         (
+            "tokens",
+            [
+                {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]},
+                {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]},
+            ],
+            "the model cannot run on this input: Attempting to broadcast an axis by a "
+            "dimension other than 1. 2 by 3 (node '/Mul', a Mul)",
+        ),
+        (
             "strings",
             [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", 3]}],
             "input 'text': 'data' must hold BYTES as strings",
@@ -249,3 +275,20 @@ def test_a_graph_outside_a_version_folder_is_listed_with_the_fix(byom_repo: Path
         assert status["ready"] is False
         assert "put model.onnx in a numbered version folder" in status["reason"]
         assert app.get("/v2/models/digits_cnn/ready").status_code == 200
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_every_tensor_type_round_trips(client, binary: bool):  # type: ignore[no-untyped-def]
+    """An identity graph of ten types, at the edges of their ranges."""
+    feeds = byom.dtype_batch()
+    tensors = []
+    for key, array in feeds.items():
+        tensor = triton.InferInput(key, list(array.shape), byom.DTYPES[key][0])
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        tensors.append(tensor)
+    outputs = [triton.InferRequestedOutput(f"{k}_out", binary_data=binary) for k in feeds]
+    result = client.infer("dtypes", tensors, outputs=outputs)
+    for key, array in feeds.items():
+        got = result.as_numpy(f"{key}_out")
+        assert got.dtype == array.dtype, key
+        np.testing.assert_array_equal(got, array)
