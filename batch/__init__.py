@@ -5,6 +5,10 @@ SQL function, all over the same `inference` runtime as the HTTP service.
 
     from batch import score_dataframe
     scored = score_dataframe(spark.read.parquet("patients.parquet"), "models/side_effects")
+    scored = score_dataframe(images, "models/digits_cnn", input_columns={"image": "pixels"})
+
+Any ONNX model: a tabular one reads its feature columns, any other one column per input (an
+array per row, flat or nested, or a Spark ML vector); docs/batch-tensors.md says how.
 
 The Spark parts load on first use, so that `batch.worker` (what runs in Spark's Python workers,
 and scores Arrow batches) imports without pyspark's SQL layer.

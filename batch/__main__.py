@@ -16,6 +16,7 @@ from pyspark.errors import PySparkException
 
 import inference
 from batch.job import JobError, run
+from batch.model_spec import parse_column_map
 from batch.session import local_master, spark_session
 from inference.runtime import check_provider_names, resolve_providers
 
@@ -49,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     score.add_argument(
         "--features-column", help="one array column holding all features, in model order"
     )
+    score.add_argument(
+        "--input-columns",
+        type=column_map,
+        help="the column of each model input, e.g. image=pixels,attention_mask=mask (default: "
+        "the column named like the input)",
+    )
     score.add_argument("--master", help="Spark master (default local[*], or spark-submit's)")
     score.add_argument(
         "--io",
@@ -76,6 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def column_map(text: str) -> dict[str, str]:
+    """argparse's `type` for `--input-columns`: a bad map is a usage error (exit 2)."""
+    try:
+        return parse_column_map(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -101,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             prefix=args.prefix,
             outputs=args.outputs.split(",") if args.outputs else None,
             features_column=args.features_column,
+            input_columns=args.input_columns,
             version=args.version,
             fail_on_bad_rows=args.fail_on_bad_rows,
             io=args.io,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -84,6 +84,7 @@ def run(
     prefix: str = "pred_",
     outputs: list[str] | None = None,
     features_column: str | None = None,
+    input_columns: Mapping[str, str] | None = None,
     version: int | None = None,
     fail_on_bad_rows: bool = False,
     io: IO = "auto",
@@ -117,6 +118,7 @@ def run(
             prefix=prefix,
             outputs=outputs,
             features_column=features_column,
+            input_columns=input_columns,
             providers=providers,
             allow_cpu_fallback=allow_cpu_fallback,
         )

@@ -4,6 +4,8 @@
     pipeline = Pipeline(stages=[BundleTransformer(modelPath="models/side_effects"), ...])
     pipeline.fit(df).write().save("pipeline/")       # saved and reloaded with the pipeline
 
+    BundleTransformer(modelPath="models/digits_cnn", inputColumns={"image": "pixels"})
+
 The transformer saves its parameters (the bundle path among them) as Spark ML's default
 writer does; the bundle itself stays where it is and is verified again when the pipeline runs.
 """
@@ -18,7 +20,20 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 
+from batch.model_spec import parse_column_map
 from batch.scoring import score_dataframe
+
+
+def to_column_map(value: Any) -> dict[str, str]:
+    """A Param's input → column map: a dict, or `input=column,...` text. Spark ML saves it as
+    a JSON object and gives it back as a dict."""
+    if isinstance(value, str):
+        return parse_column_map(value)
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return dict(value)
+    raise TypeError(f"inputColumns must map input names to column names, got {value!r}")
 
 
 class BundleTransformer(
@@ -50,6 +65,12 @@ class BundleTransformer(
         "one array column holding all features (default: one column each)",
         typeConverter=TypeConverters.toString,
     )
+    inputColumns = Param(
+        Params._dummy(),
+        "inputColumns",
+        "the column of each model input, {input: column} (default: the column named like it)",
+        typeConverter=to_column_map,
+    )
 
     @keyword_only
     def __init__(
@@ -59,9 +80,10 @@ class BundleTransformer(
         outputPrefix: str = "pred_",
         outputs: list[str] | None = None,
         featuresColumn: str | None = None,
+        inputColumns: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self._setDefault(outputPrefix="pred_", outputs=[])
+        self._setDefault(outputPrefix="pred_", outputs=[], inputColumns={})
         self._set(**self._input_kwargs)
 
     @keyword_only
@@ -81,4 +103,5 @@ class BundleTransformer(
             prefix=self.getOrDefault(self.outputPrefix),
             outputs=self.getOrDefault(self.outputs) or None,
             features_column=features,
+            input_columns=self.getOrDefault(self.inputColumns) or None,
         )

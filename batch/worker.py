@@ -10,9 +10,7 @@ the pickled closure.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -20,81 +18,12 @@ import pyarrow.compute as pc
 
 import inference
 from batch import convert
+from batch.model_spec import spec_for
+from batch.spec import OutputColumn, ScoringSpec
+from batch.tensor_batch import score_tensors
 
+__all__ = ["ScoringSpec", "flatten", "model_for", "score_arrays", "score_batches", "spec_for"]
 _MODELS: dict[tuple[object, ...], inference.Model] = {}
-
-
-@dataclass(frozen=True)
-class ScoringSpec:
-    """Everything a worker needs, small enough to pickle into the UDF."""
-
-    shipped_name: str
-    """The bundle folder's name among the files shipped with `SparkContext.addFile`."""
-    driver_path: str
-    """The bundle folder on the driver (used where executors share its file system)."""
-    sha256: str
-    threads: int
-    feature_names: tuple[str, ...]
-    features_column: str | None
-    outputs: tuple[str, ...]
-    """ONNX outputs to return: by default the model's scores and class index (or values)."""
-    classes: tuple[str, ...] | None
-    widths: tuple[int, ...]
-    """Width of each 2-D output in `outputs` (0 for the 1-D class index)."""
-    providers: tuple[str, ...] = ("cpu",)
-    """onnxruntime execution providers, in order (`cuda` runs on the GPU Spark gave the task)."""
-    allow_cpu_fallback: bool = False
-
-    @property
-    def input_columns(self) -> list[str]:
-        """The columns the model reads: its features, or the one array column holding them."""
-        return [self.features_column] if self.features_column else list(self.feature_names)
-
-    @property
-    def fields(self) -> list[tuple[str, str]]:
-        """The struct the UDF returns: (name, Spark SQL type)."""
-        fields = [
-            (name, "bigint" if width == 0 else "array<float>")
-            for name, width in zip(self.outputs, self.widths, strict=True)
-        ]
-        if self.classes is not None and "class_index" in self.outputs:
-            fields.append(("label", "string"))
-        return [*fields, ("error", "string")]
-
-    @property
-    def ddl(self) -> str:
-        return ", ".join(f"`{name}` {kind}" for name, kind in self.fields)
-
-
-@dataclass(frozen=True)
-class OutputColumn:
-    """One output column: `field` of the scoring struct, or its element `index` when set."""
-
-    name: str
-    field: str
-    index: int | None = None
-
-
-def output_layout(spec: ScoringSpec, prefix: str) -> list[OutputColumn]:
-    """The output columns, in order: each struct field, each class score after `scores`, and
-    `prediction` after a one-wide `predictions`. The Spark and the Arrow-file paths both use it,
-    so they write the same columns."""
-    columns: list[OutputColumn] = []
-    for name, _ in spec.fields:
-        columns.append(OutputColumn(f"{prefix}{name}", name))
-        if name == "scores" and spec.classes is not None:
-            columns += [
-                OutputColumn(f"{prefix}score_{safe_name(label)}", "scores", i)
-                for i, label in enumerate(spec.classes)
-            ]
-        if name == "predictions" and spec.widths[spec.outputs.index(name)] == 1:
-            columns.append(OutputColumn(f"{prefix}prediction", "predictions", 0))
-    return columns
-
-
-def safe_name(label: str) -> str:
-    """A class label as a column-name suffix (Parquet refuses ' ,;{}()=' and control chars)."""
-    return re.sub(r"[\s,;{}()=]+", "_", label).strip("_") or "class"
 
 
 def flatten(struct: pa.StructArray, layout: list[OutputColumn]) -> list[pa.Array]:
@@ -104,35 +33,6 @@ def flatten(struct: pa.StructArray, layout: list[OutputColumn]) -> list[pa.Array
         value = struct.field(column.field)
         arrays.append(value if column.index is None else pc.list_element(value, column.index))
     return arrays
-
-
-def spec_for(
-    model: inference.Model,
-    outputs: Sequence[str] | None,
-    features_column: str | None,
-    *,
-    shipped_name: str = "",
-    threads: int = 1,
-    providers: Sequence[str] = ("cpu",),
-    allow_cpu_fallback: bool = False,
-) -> ScoringSpec:
-    """The spec that scores with `model` (its output names already checked by the caller)."""
-    meta = model.metadata
-    names = list(outputs) if outputs else meta.default_outputs
-    known = {o.name: o for o in meta.outputs}
-    return ScoringSpec(
-        shipped_name=shipped_name,
-        driver_path=str(model.path.resolve()),
-        sha256=meta.onnx.sha256,
-        threads=threads,
-        feature_names=tuple(meta.feature_names),
-        features_column=features_column,
-        outputs=tuple(names),
-        classes=tuple(meta.classes) if meta.classes else None,
-        widths=tuple(known[n].shape[1] if len(known[n].shape) == 2 else 0 for n in names),
-        providers=tuple(providers),
-        allow_cpu_fallback=allow_cpu_fallback,
-    )
 
 
 def model_for(spec: ScoringSpec) -> inference.Model:
@@ -194,6 +94,15 @@ def score_batches(
 
 
 def score_arrays(
+    spec: ScoringSpec, model: inference.Model, arrays: list[pa.Array]
+) -> pa.StructArray:
+    """One Arrow batch of the input columns → the struct of outputs (`spec.fields`)."""
+    if spec.tensor_inputs:
+        return score_tensors(spec, model, arrays)
+    return _score_tabular(spec, model, arrays)
+
+
+def _score_tabular(
     spec: ScoringSpec, model: inference.Model, arrays: list[pa.Array]
 ) -> pa.StructArray:
     names = list(spec.feature_names)

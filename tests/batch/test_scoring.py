@@ -160,5 +160,5 @@ def test_a_corrupt_model_is_refused(spark: SparkSession, tmp_path: Path):
     folder = tmp_path / "side_effects"
     shutil.copytree(MODELS / "side_effects", folder)
     (folder / "1" / "model.onnx").write_bytes(b"broken")
-    with pytest.raises(inference.BundleError, match=r"sha256 .* does not match"):
+    with pytest.raises(inference.BundleError, match=r"sha256 does not match"):
         score_dataframe(ages(spark, 10), folder)

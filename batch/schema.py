@@ -1,0 +1,162 @@
+"""Check, on the driver and before any work, that a table's columns can feed the model: every
+column there, of a type that can hold what its input takes. What only the values can tell (a
+row's length, a null, NaN) is left to the workers, which report it per row.
+"""
+
+from __future__ import annotations
+
+from pyspark.ml.linalg import VectorUDT
+from pyspark.mllib.linalg import VectorUDT as OldVectorUDT
+from pyspark.sql import types as T
+
+from batch.errors import ScoringError
+from batch.spec import FLOATS, ScoringSpec, TensorInput
+
+VECTORS = (VectorUDT, OldVectorUDT)
+"""Spark ML vectors: converted to arrays of doubles in the JVM before they reach Python."""
+
+
+def check_input(schema: T.StructType, spec: ScoringSpec) -> None:
+    types = {f.name: f.dataType for f in schema.fields}
+    columns = ", ".join(schema.fieldNames())
+    if spec.tensor_inputs:
+        for info in spec.tensor_inputs:
+            _check_tensor(types.get(info.column), info, columns)
+    elif spec.features_column is not None:
+        _check_features_column(types.get(spec.features_column), spec.features_column, columns)
+    else:
+        _check_features(types, spec.feature_names, columns)
+
+
+def is_vector(kind: T.DataType) -> bool:
+    return isinstance(kind, VECTORS)
+
+
+def _check_tensor(kind: T.DataType | None, info: TensorInput, columns: str) -> None:
+    if kind is None:
+        raise ScoringError(_missing(info, columns))
+    depth, element = _unwrap(kind)
+    rank = len(info.shape)
+    if depth not in (rank, 1) and not (depth == 0 and _values(info) == 1):
+        raise ScoringError(
+            f"column {info.column!r} is {kind.simpleString()}; input {info.name!r} takes "
+            f"{_per_row(info)}"
+        )
+    if depth == 1 < rank and info.shape.count(-1) > 1:
+        raise ScoringError(
+            f"column {info.column!r} is a flat array, which cannot say the shape of input "
+            f"{info.name!r} ({list(info.shape)} per row, -1: any size): give arrays nested "
+            f"{rank} deep"
+        )
+    if not _element_fits(element, info.datatype):
+        raise ScoringError(
+            f"column {info.column!r} holds {_name(kind, element)} values; input {info.name!r} is "
+            f"{info.datatype}, which takes {_takes(info)}"
+        )
+
+
+def _missing(info: TensorInput, columns: str) -> str:
+    mapping = f"input_columns={{{info.name!r}: '<column>'}} (--input-columns {info.name}=<column>)"
+    if info.column == info.name:
+        return (
+            f"the model's input {info.name!r} reads a column {info.name!r}, which is not in the "
+            f"input; name its column with {mapping}; input columns: {columns}"
+        )
+    return (
+        f"column {info.column!r} (for input {info.name!r}) is not in the input; input "
+        f"columns: {columns}"
+    )
+
+
+def _unwrap(kind: T.DataType) -> tuple[int, T.DataType]:
+    """How deep arrays nest in a column, and their element type (a vector: 1, double)."""
+    if is_vector(kind):
+        return 1, T.DoubleType()
+    depth = 0
+    while isinstance(kind, T.ArrayType):
+        depth, kind = depth + 1, kind.elementType
+    return depth, kind
+
+
+def _values(info: TensorInput) -> int:
+    """How many values a row holds when the shape is fixed; -1 when it is not."""
+    count = 1
+    for d in info.shape:
+        if d == -1:
+            return -1
+        count *= d
+    return count
+
+
+def _per_row(info: TensorInput) -> str:
+    rank = len(info.shape)
+    if rank == 0:
+        return "one value per row (a column of numbers, or text for BYTES)"
+    if rank == 1:
+        return f"an array of shape {list(info.shape)} per row (-1: any size)"
+    return (
+        f"an array of shape {list(info.shape)} per row (-1: any size): flat, reshaped, or "
+        f"nested {rank} deep"
+    )
+
+
+def _element_fits(element: T.DataType, datatype: str) -> bool:
+    if datatype == "BYTES":
+        return isinstance(element, T.StringType | T.BinaryType)
+    if datatype == "BOOL":
+        return isinstance(element, T.BooleanType)
+    if isinstance(element, T.StringType):  # text of numbers, read per row
+        return True
+    if datatype in FLOATS:
+        return isinstance(element, T.NumericType)
+    return isinstance(element, T.IntegralType)
+
+
+def _takes(info: TensorInput) -> str:
+    if info.datatype == "BYTES":
+        return "text or binary"
+    if info.datatype == "BOOL":
+        return "booleans"
+    if info.datatype in FLOATS:
+        return "numbers"
+    return (
+        "integers: cast the column, e.g. "
+        f"F.col('{info.column}').cast('{'array<' * len(info.shape)}bigint{'>' * len(info.shape)}')"
+    )
+
+
+def _name(kind: T.DataType, element: T.DataType) -> str:
+    return "vector (double)" if is_vector(kind) else element.simpleString()
+
+
+def _check_features_column(kind: T.DataType | None, column: str, columns: str) -> None:
+    if kind is None:
+        raise ScoringError(f"features column {column!r} is not in the input; columns: {columns}")
+    vector = is_vector(kind)
+    if not vector and not (
+        isinstance(kind, T.ArrayType) and isinstance(kind.elementType, T.NumericType)
+    ):
+        raise ScoringError(
+            f"features column {column!r} must be an array of numbers or a vector, "
+            f"got {kind.simpleString()}"
+        )
+
+
+def _check_features(
+    types: dict[str, T.DataType], feature_names: tuple[str, ...], columns: str
+) -> None:
+    missing = [f for f in feature_names if f not in types]
+    if missing:
+        raise ScoringError(
+            f"feature column(s) {', '.join(map(repr, missing))} are not in the input; the model "
+            f"expects {', '.join(feature_names)}; input columns: {columns}"
+        )
+    unusable = [
+        f"{f} ({types[f].simpleString()})"
+        for f in feature_names
+        if not isinstance(types[f], T.NumericType | T.StringType)
+    ]
+    if unusable:
+        raise ScoringError(
+            f"feature column(s) must hold numbers (or text of numbers): {', '.join(unusable)}"
+        )
