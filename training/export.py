@@ -1,6 +1,7 @@
 """Export a PyTorch network to a bundle: preprocessing + network + class head in one ONNX graph.
 
-One path serves both the spec-trained models and any user's `nn.Module` (`export_module`):
+One path serves both the spec-trained models and any user's tabular `nn.Module`
+(`export_module`); a module of named N-d tensors shares steps 3-5 (`tensor_export.py`):
 1. wrap scaler → network → (scores | predictions, class_index, hidden layers) in `ServingGraph`;
 2. export it with a dynamic batch axis into a temporary folder inside the model folder;
 3. write `metadata.json`, then load the folder with `inference.Model.load`, the very loader the
@@ -20,7 +21,7 @@ import platform
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,7 @@ class ServingGraph(nn.Module):
         return main + self.hidden_names
 
     def class_index(self, scores: Tensor) -> Tensor:
-        if scores.shape[-1] == 1:
-            return (scores[:, 0] > self.decision_threshold).to(torch.int64)
-        return torch.argmax(scores, dim=-1)
+        return predicted_class(scores, self.decision_threshold)
 
     def output_infos(self, out_width: int) -> list[OutputInfo]:
         if self.classes is None:
@@ -146,6 +145,14 @@ class ServingGraph(nn.Module):
         return main + hidden
 
 
+def predicted_class(scores: Tensor, threshold: float) -> Tensor:
+    """The class index a classifier's graph gives beside its scores, so that every runtime
+    labels a row the same way: one unit is class 1 above `threshold`, several are argmax."""
+    if scores.shape[-1] == 1:
+        return (scores[:, 0] > threshold).to(torch.int64)
+    return torch.argmax(scores, dim=-1)
+
+
 def export_bundle(
     graph: ServingGraph,
     model_dir: str | Path,
@@ -160,14 +167,11 @@ def export_bundle(
 ) -> Path:
     """Write the next version of `model_dir` from `graph`; returns the version folder."""
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
     graph = graph.eval()
     rows = np.ascontiguousarray(parity_rows, dtype=np.float32)
     with torch.no_grad():
         expected = [t.numpy() for t in graph(torch.from_numpy(rows))]
-    staging = model_dir / f".tmp-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
+    with staging_folder(model_dir) as staging:
         _export_onnx(graph, rows, staging / ONNX_FILE)
         out_width = expected[0].shape[1]
         metadata = BundleMetadata(
@@ -193,46 +197,101 @@ def export_bundle(
             metrics=metrics or {},
             history=history or {},
             onnx=_onnx_info(staging / ONNX_FILE),
-            provenance=Provenance(
-                created_at=datetime.now(UTC), versions=_versions(), **(provenance or {})
-            ),
+            provenance=made_here(provenance),
         )
-        _write_metadata(staging, metadata)
-        diff = check_parity(staging, rows, expected)
-        made = metadata.provenance
-        if made is not None:
-            made = made.model_copy(update={"parity_max_abs_diff": diff})
-        metadata = metadata.model_copy(update={"provenance": made})
-        if plot is not None:
-            plot(staging / "training.png")
-        return _publish(staging, model_dir, metadata)
+        return publish_checked(staging, model_dir, metadata, rows, expected, plot=plot)
+
+
+def made_here(provenance: dict[str, Any] | None) -> Provenance:
+    """Provenance stamped now with the library versions, so the bundle can be rebuilt."""
+    return Provenance(created_at=datetime.now(UTC), versions=_versions(), **(provenance or {}))
+
+
+@contextlib.contextmanager
+def staging_folder(model_dir: Path) -> Iterator[Path]:
+    """A fresh hidden folder inside the model folder, removed whatever happens: on the same
+    file system as the versions, so that publishing it is one atomic rename."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = model_dir / f".tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_parity(bundle_dir: Path, rows: np.ndarray, expected: list[np.ndarray]) -> float:
-    """Run the bundle as the service would and compare with PyTorch; returns the max abs diff."""
+def publish_checked(
+    staging: Path,
+    model_dir: Path,
+    metadata: BundleMetadata,
+    feeds: np.ndarray | Mapping[str, np.ndarray],
+    expected: list[np.ndarray],
+    *,
+    plot: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the metadata, prove onnxruntime reproduces PyTorch through the service's loader,
+    record the difference, and only then publish the staging folder as the next version."""
+    _write_metadata(staging, metadata)
+    diff = check_parity(staging, feeds, expected)
+    made = metadata.provenance
+    if made is not None:
+        made = made.model_copy(update={"parity_max_abs_diff": diff})
+    metadata = metadata.model_copy(update={"provenance": made})
+    if plot is not None:
+        plot(staging / "training.png")
+    return _publish(staging, model_dir, metadata)
+
+
+def check_parity(
+    bundle_dir: Path, feeds: np.ndarray | Mapping[str, np.ndarray], expected: list[np.ndarray]
+) -> float:
+    """Run the bundle as the service would and compare with PyTorch; returns the max abs diff.
+
+    `feeds` are a tabular graph's rows, or named tensors, which are checked against the
+    signature first exactly as every front end checks them."""
     model = inference.load(bundle_dir, options=inference.RuntimeOptions(intra_op_threads=1))
     names = [o.name for o in model.metadata.outputs]
-    actual = model.run({INPUT_NAME: rows}, names).outputs
-    worst = 0.0
-    for name, want in zip(names, expected, strict=True):
-        got = actual[name]
-        if got.dtype.kind == "f":
-            diff = np.abs(got.astype(np.float64) - want)
-            worst = max(worst, float(diff.max(initial=0.0)))
-            allowed = PARITY_TOLERANCE * np.maximum(1.0, np.abs(want))
-            if np.any(diff > allowed):
-                raise ExportError(
-                    f"onnxruntime differs from PyTorch on output {name!r}: max abs diff "
-                    f"{diff.max():.3g} > {PARITY_TOLERANCE:g}; the export is not faithful"
-                )
-        elif not np.array_equal(got, want):
+    try:
+        checked = {INPUT_NAME: feeds} if isinstance(feeds, np.ndarray) else model.check(feeds)
+        actual = model.run(checked, names).outputs
+    except Exception as e:  # our refusal of the samples, or onnxruntime's untyped errors
+        raise ExportError(
+            f"onnxruntime cannot run the exported graph on the samples: {first_line(e)}"
+        ) from e
+    return max(
+        (_compare(name, actual[name], want) for name, want in zip(names, expected, strict=True)),
+        default=0.0,
+    )
+
+
+def first_line(error: Exception) -> str:
+    """An error's first line, for a one-line message; the whole of it stays chained."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _compare(name: str, got: np.ndarray, want: np.ndarray) -> float:
+    """The max abs diff of one output; floats within tolerance, everything else equal."""
+    if got.shape != want.shape:
+        raise ExportError(
+            f"onnxruntime's {name!r} has shape {list(got.shape)} where PyTorch's has "
+            f"{list(want.shape)}; the export is not faithful (a size fixed when it was traced?)"
+        )
+    if got.dtype.kind != "f":
+        if not np.array_equal(got, want):
             raise ExportError(
                 f"onnxruntime's {name!r} differs from PyTorch's on "
-                f"{int((got != want).sum())} row(s); the export is not faithful"
+                f"{int((got != want).sum())} value(s); the export is not faithful"
             )
-    return worst
+        return 0.0
+    diff = np.abs(got.astype(np.float64) - want)
+    allowed = PARITY_TOLERANCE * np.maximum(1.0, np.abs(want))
+    if np.any(diff > allowed):
+        raise ExportError(
+            f"onnxruntime differs from PyTorch on output {name!r}: max abs diff "
+            f"{diff.max():.3g} > {PARITY_TOLERANCE:g}; the export is not faithful"
+        )
+    return float(diff.max(initial=0.0))
 
 
 def _export_onnx(graph: ServingGraph, rows: np.ndarray, path: Path) -> None:
