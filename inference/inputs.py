@@ -216,29 +216,19 @@ class Checker:
             )
             for info in self.signature
         ]
-        first = self.signature[0]
-        inner = tuple(first.shape[1:])
-        self._one = (
-            (first.name, NUMPY_TYPES[first.datatype], len(first.shape), inner, self._inputs[0])
-            if len(self.signature) == 1 and first.batch_axis and -1 not in inner
-            else None
-        )
+        self._one = _one_input(self.signature)
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
         one = self._one
-        if one is not None and len(data) == 1:
-            name, dtype, rank, inner, (info, _, _, _, finite) = one
+        if one is not None and len(data) == 1:  # the hot path: one array that fits as it is
+            name, dtype, rank, inner, info, finite = one
             value = data.get(name)
-            if (
-                type(value) is np.ndarray
-                and (value.dtype is dtype or value.dtype == dtype)
-                and value.ndim == rank
-                and value.shape[1:] == inner
-                and value.shape[0]
-            ):
-                if finite:
-                    _check_finite(value, info)
-                return {name: value}
+            if type(value) is np.ndarray and (value.dtype is dtype or value.dtype == dtype):
+                shape = value.shape
+                if len(shape) == rank and shape[1:] == inner and shape[0]:
+                    if finite is not None:
+                        finite(value, info)
+                    return {name: value}
         return self._general(data)
 
     def _general(self, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -265,6 +255,19 @@ class Checker:
             if finite:
                 _check_finite(feeds[info.name], info)
         return feeds
+
+
+def _one_input(signature: list[InputInfo]) -> tuple[Any, ...] | None:
+    """What the hot path needs for a model of one batched input with fixed inner dimensions
+    (every tabular model): its name, numpy type, rank, inner shape, and its NaN check."""
+    if len(signature) != 1 or not signature[0].batch_axis or -1 in signature[0].shape[1:]:
+        return None
+    info = signature[0]
+    finite = None
+    if info.datatype in FLOATS and not info.accepts_non_finite:
+        finite = check_rows if info.feature_names is not None else _check_finite
+    dtype = NUMPY_TYPES[info.datatype]
+    return info.name, dtype, len(info.shape), tuple(info.shape[1:]), info, finite
 
 
 def _fits(array: np.ndarray, wanted: list[int]) -> bool:

@@ -185,5 +185,14 @@ class BundleMetadata(_Strict):
 
     @cached_property
     def _roles(self) -> dict[str, OutputInfo]:
-        """The first output of each role (read on every v1 request)."""
+        """The first output of each role."""
         return {o.role: o for o in reversed(self.outputs)}
+
+    @cached_property
+    def class_outputs(self) -> tuple[str, str, list[str]] | None:
+        """A labelled classifier's scores and class index outputs, and its labels (what the
+        friendly API turns into answers, on every request); None for any other model."""
+        scores, index = self.output("scores"), self.output("class_index")
+        if self.task == "classification" and self.classes and scores and index:
+            return scores.name, index.name, self.classes
+        return None

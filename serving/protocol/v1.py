@@ -90,11 +90,11 @@ def columns_to_feeds(columns: Any, model: inference.Model) -> dict[str, Any]:
 
 
 def format_predictions(outputs: dict[str, np.ndarray], meta: inference.BundleMetadata) -> list[Any]:
-    scores_info, index_info = meta.output("scores"), meta.output("class_index")
-    if meta.task == "classification" and meta.classes and scores_info and index_info:
-        scores = outputs[scores_info.name]
-        indices = outputs[index_info.name].reshape(-1).tolist()
-        labels = meta.classes
+    classifier = meta.class_outputs
+    if classifier is not None:
+        scores_name, index_name, labels = classifier
+        scores, index = outputs[scores_name], outputs[index_name]
+        indices = (index if index.ndim == 1 else index.reshape(-1)).tolist()
         if scores.shape[1] == 1:  # one unit: the score of the second class
             return [
                 {"label": labels[i], "class_index": i, "score": s[0]}
