@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench-serving bench-instructions bench-batch bench-training clean
+.PHONY: run test lint typecheck pytest bench-serving bench-serving-ab bench-instructions bench-batch bench-training clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ pytest: $(VENV)/.installed-test
 # Benchmarks need wrk (Debian: apt-get install wrk); results go to bench/RESULTS.md.
 bench-serving: $(VENV)/.installed-test
 	$(BIN)/python bench/serving_bench.py
+
+# An image model over v2 binary, and the tabular hot path against an older commit (valgrind
+# adds instruction counts).
+bench-serving-ab: $(VENV)/.installed-test
+	$(BIN)/python bench/serving_ab.py
 
 # Instructions per request in the app (needs valgrind): for changes too small for wall time.
 bench-instructions: $(VENV)/.installed-test

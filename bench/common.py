@@ -41,15 +41,22 @@ def free_port() -> int:
 
 
 class Process:
-    """A server subprocess on 127.0.0.1, ready when `ready_path` answers 200."""
+    """A server subprocess on 127.0.0.1, ready when `ready_path` answers 200; started in `cwd`
+    (the checkout whose packages `python -m` imports first)."""
 
-    def __init__(self, args: list[str], ready_path: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [a.replace("{port}", str(self.port)) for a in args]
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -113,15 +113,16 @@ def count(case: str, repo: Path, requests: int) -> None:
         raise RuntimeError(f"{case}: statuses {sorted(set(statuses))}, expected 200 only")
 
 
-def callgrind(case: str, repo: Path, requests: int) -> int:
-    """Instructions per request of one case."""
+def callgrind(case: str, repo: Path, requests: int, code: Path = ROOT) -> int:
+    """Instructions per request of one case; `code`: another checkout, counted with its own
+    copy of this script (which imports that checkout's packages)."""
     command = [
         "valgrind", "--tool=callgrind", "--collect-atstart=no",
         "--toggle-collect=functools_reduce", "--callgrind-out-file=/dev/null",
-        sys.executable, __file__, "--measure", case, "--repo", str(repo),
-        "--requests", str(requests),
+        sys.executable, str(code / "bench" / "instructions.py"), "--measure", case,
+        "--repo", str(repo), "--requests", str(requests),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=code, check=False)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"{case}: callgrind failed:\n{done.stderr[-2000:]}")

@@ -26,3 +26,31 @@ def make_wide_bundle(model_dir: Path) -> Path:
         classes=[f"c{i}" for i in range(10)],
         output_activation="softmax",
     )
+
+
+IMAGE_SHAPE = (3, 32, 32)
+
+
+def make_image_model(model_dir: Path) -> Path:
+    """A small CNN, [N,3,32,32] → 10 logits, random weights, as a bare `1/model.onnx` (no
+    metadata.json: the service reads its signature from the graph)."""
+    import torch
+
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10),
+    ).eval()  # fmt: skip
+    path = model_dir / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    torch.onnx.export(
+        cnn,
+        (torch.zeros(1, *IMAGE_SHAPE),),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return path

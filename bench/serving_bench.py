@@ -32,14 +32,15 @@ from bench.models import WIDE_FEATURES, make_wide_bundle
 from inference import available_cpus
 
 
-def make_repository(folder: Path) -> Path:
-    """side_effects as committed, plus a wide classifier with random weights."""
+def make_repository(folder: Path, wide: bool = True) -> Path:
+    """side_effects as committed, plus (`wide`) a wide classifier with random weights."""
     shutil.copytree(
         ROOT / "models" / "side_effects",
         folder / "side_effects",
         ignore=shutil.ignore_patterns("model.yaml"),
     )
-    make_wide_bundle(folder / "wide")
+    if wide:
+        make_wide_bundle(folder / "wide")
     return folder
 
 
@@ -67,10 +68,15 @@ def v2_body(row: list[float]) -> bytes:
 
 def v2_binary(row: list[float]) -> tuple[bytes, dict[str, str]]:
     """The same request in Triton's binary tensor extension: JSON header, then raw float32."""
-    blob = np.asarray(row, np.float32).tobytes()
+    return v2_binary_tensor("features", np.asarray([row], np.float32))
+
+
+def v2_binary_tensor(name: str, array: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A request of one FP32 tensor of any shape in the binary extension, and its headers."""
+    blob = np.ascontiguousarray(array, "<f4").tobytes()
     tensor = {
-        "name": "features",
-        "shape": [1, len(row)],
+        "name": name,
+        "shape": list(array.shape),
         "datatype": "FP32",
         "parameters": {"binary_data_size": len(blob)},
     }
@@ -122,7 +128,10 @@ def uvicorn_floor(app: str) -> Process:
     )
 
 
-def our_server(repo: Path, *flags: str, env: dict[str, str] | None = None) -> Process:
+def our_server(
+    repo: Path, *flags: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Process:
+    """`python -m serving` as imported in `cwd` (another checkout: another commit's code)."""
     return Process(
         [
             *(sys.executable, "-m", "serving", "--repo", str(repo), "--port", "{port}"),
@@ -130,6 +139,7 @@ def our_server(repo: Path, *flags: str, env: dict[str, str] | None = None) -> Pr
         ],
         "/v2/health/ready",
         env=env,
+        cwd=cwd,
     )
 
 
