@@ -26,6 +26,7 @@ from inference.errors import describe_problems
 from inference.runtime import resolve_providers
 from serving import listener, logs, shared_metrics
 from serving.app import create_app
+from serving.repository import model_names
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
@@ -35,6 +36,12 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n")[0])
     p.add_argument("--repo", type=Path, help="model repository (default: models)")
     p.add_argument("--models", help="serve only these models, comma-separated")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=None,
+        help="start even if the repository holds no model folder",
+    )
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--port", type=int, help="port (default 8080)")
     p.add_argument(
@@ -79,6 +86,11 @@ def check(settings: Settings) -> None:
     missing = [m for m in settings.models if not (settings.repo / m).is_dir()]
     if missing:
         raise ValueError(f"model(s) {', '.join(missing)} are not in the repository {settings.repo}")
+    if not settings.models and not settings.allow_empty and not model_names(settings.repo):
+        raise ValueError(
+            f"model repository {settings.repo} holds no model folder: put a model in "
+            f"{settings.repo / '<name>' / '1' / 'model.onnx'} (or pass --allow-empty)"
+        )
     if settings.metrics_dir is not None and settings.workers == 1:
         shared_metrics.prepare(settings.metrics_dir)
 

@@ -7,6 +7,7 @@ a 500 whose body says nothing internal.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -67,13 +68,40 @@ def internal_error_response(method: str, path: str) -> JSONResponse:
     return error_response(500, "internal server error (logged on the server)")
 
 
+ROUTE_MISTAKES = (
+    (re.compile(r"^/v1/models/([^/:]+)/predict$"), "/v1/models/{}:predict"),
+    (
+        re.compile(r"^/v1/models/([^/:]+)/versions/([^/:]+)/predict$"),
+        "/v1/models/{}/versions/{}:predict",
+    ),
+    (re.compile(r"^/v2/models/([^/:]+):infer$"), "/v2/models/{}/infer"),
+    (re.compile(r"^/v2/models/([^/:]+)/predict$"), "/v2/models/{}/infer"),
+)
+"""Paths people write for the predict routes, and the route they meant."""
+
+
+def route_hint(path: str) -> str:
+    """'; did you mean ...' for a near miss of a predict route, else a pointer to the docs."""
+    for pattern, meant in ROUTE_MISTAKES:
+        match = pattern.match(path)
+        if match:
+            return f"; did you mean POST {meant.format(*match.groups())}?"
+    return "; the routes are listed at /docs"
+
+
 def install_handlers(app: FastAPI) -> None:
     async def serving_error(request: Request, exc: Exception) -> JSONResponse:
         return client_error_response(request.method, request.url.path, exc)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        return error_response(exc.status_code, str(exc.detail), exc.headers)
+        detail = str(exc.detail)
+        method, path = request.method, request.url.path
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {method} {path}{route_hint(path)}"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            detail = f"{method} is not allowed on {path}{route_hint(path)}"
+        return error_response(exc.status_code, detail, exc.headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

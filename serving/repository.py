@@ -121,9 +121,7 @@ class ModelRepository:
     def names_on_disk(self) -> list[str]:
         if self.only:
             return list(self.only)
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if _holds_model(p))
+        return model_names(self.root)
 
     def load_all(self) -> None:
         """Load every model; a model that cannot load is recorded with its reason, never fatal."""
@@ -287,6 +285,13 @@ def _serving_section(folder: Path) -> Any:
     except yaml.YAMLError as e:
         raise ValueError(f"not valid YAML: {' '.join(str(e).split())}") from e
     return raw.get("serving") if isinstance(raw, dict) else None
+
+
+def model_names(root: Path) -> list[str]:
+    """The model folders in a repository folder (none if it is not a folder)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if _holds_model(p))
 
 
 def _holds_model(folder: Path) -> bool:

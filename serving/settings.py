@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     """The model repository: one folder per model, numbered bundle versions inside."""
     models: Annotated[list[str], NoDecode] = []
     """Serve only these models (comma-separated in env); empty means every model in `repo`."""
+    allow_empty: bool = False
+    """Start on a repository that holds no model folder (refused otherwise: a wrong `repo`
+    would else serve nothing and still report ready)."""
     host: str = "127.0.0.1"
     """Address to bind; `0.0.0.0` in a container."""
     port: int = Field(default=8080, ge=1, le=65535)

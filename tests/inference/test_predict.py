@@ -54,7 +54,7 @@ def test_hidden_layers_on_request(model: inference.Model):
             r"expected a 2-D batch of shape \[rows, 4\] \(sepal_length, .*\), got shape \[1, 3\]",
         ),
         ([1.0, 2.0, 3.0, 4.0], r"got shape \[4\]"),
-        ([], r"got shape \[0\]"),
+        ([], r"the batch is empty: send at least one row"),
         (np.zeros((0, 4)), r"the batch is empty"),
         ([[1.0, "tall", 3.0, 4.0]], r"features must be numbers, got text such as 'tall'"),
         (

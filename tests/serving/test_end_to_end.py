@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -179,6 +180,12 @@ def test_several_workers_serve():
         ),
         (["--providers", "tpu"], {}, "unknown execution provider 'tpu'"),
         (["--repo", "no/such/folder"], {}, "model repository no/such/folder is not a folder"),
+        (
+            ["--repo", "docs"],  # a folder, but no model in it: a wrong --repo, most likely
+            {},
+            "model repository docs holds no model folder: put a model in docs/<name>/1/model.onnx "
+            "(or pass --allow-empty)",
+        ),
         ([], {"SERVING_PORT": "eighty"}, "invalid settings: port: Input should be a valid integer"),
         (["--settings-file", "missing.yaml"], {}, "settings file missing.yaml"),
         (
@@ -193,6 +200,14 @@ def test_startup_errors_are_one_line(args: list[str], env: dict[str, str], messa
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_an_empty_repository_starts_when_asked(tmp_path: Path):
+    server = Server("--repo", str(tmp_path), "--allow-empty").wait_ready()
+    try:
+        assert httpx.get(f"{server.url}/v1/models").json() == {"models": []}
+    finally:
+        server.stop()
 
 
 def test_cuda_with_fallback_starts_on_cpu():

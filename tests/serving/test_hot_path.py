@@ -29,7 +29,9 @@ def test_every_hot_route_is_a_documented_route_with_the_same_handler(client: Tes
 
 
 def test_lookalike_paths_fall_through_to_fastapi(client: TestClient):
-    assert client.post("/v2/models/iris/infer/extra").json() == {"error": "Not Found"}
+    assert client.post("/v2/models/iris/infer/extra").json() == {
+        "error": "no route POST /v2/models/iris/infer/extra; the routes are listed at /docs"
+    }
     assert client.get("/v2/models/iris/infer").status_code == 405
     assert client.post("/v1/models/iris:predictx").status_code == 405  # the GET status route's path
 

@@ -76,13 +76,30 @@ def test_model_ready(client: TestClient):
             400,
             "model version must be a positive integer, got 'latest'",
         ),
-        ("/v2/nothing/here", 404, "Not Found"),
+        ("/v2/nothing/here", 404, "no route GET /v2/nothing/here; the routes are listed at /docs"),
     ],
 )
 def test_unknown_models_and_versions(client: TestClient, path: str, status: int, message: str):
     response = client.get(path)
     assert response.status_code == status
     assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "meant"),
+    [
+        ("/v1/models/iris/predict", "POST /v1/models/iris:predict"),
+        ("/v1/models/iris/versions/1/predict", "POST /v1/models/iris/versions/1:predict"),
+        ("/v2/models/iris:infer", "POST /v2/models/iris/infer"),
+        ("/v2/models/iris/predict", "POST /v2/models/iris/infer"),
+    ],
+)
+def test_a_near_miss_of_a_predict_route_says_which_was_meant(
+    client: TestClient, path: str, meant: str
+):
+    response = client.post(path, json={"instances": [[1, 2, 3, 4]]})
+    assert response.status_code in (404, 405)  # 405: `/v2/models/{name}` takes GET
+    assert response.json()["error"].endswith(f"{path}; did you mean {meant}?")
 
 
 def test_an_id_in_any_script_comes_back_and_a_lone_surrogate_is_refused(client: TestClient):
@@ -540,7 +557,9 @@ def test_unknown_model_on_infer(client: TestClient):
 def test_method_not_allowed_is_json(client: TestClient):
     response = client.get(INFER)
     assert response.status_code == 405
-    assert response.json() == {"error": "Method Not Allowed"}
+    assert response.json() == {
+        "error": f"GET is not allowed on {INFER}; the routes are listed at /docs"
+    }
 
 
 def test_iris_flat_binary_big_batch(client: TestClient):
