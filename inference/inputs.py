@@ -57,9 +57,9 @@ def as_feature_matrix(
         raise InvalidInputError("features must be numbers, got true/false among them")
     matrix = array.astype(FLOAT, copy=False)
     names = feature_names(signature)
-    if matrix.shape[:1] == (0,):  # [] and np.empty((0, n)) alike: nothing to predict
-        raise InvalidInputError("the batch is empty: send at least one row")
     if matrix.ndim != 2 or matrix.shape[1] != len(names):
+        if matrix.shape[:1] == (0,):  # `[]`: nothing to predict (an empty [0, n] fails later)
+            raise InvalidInputError("the batch is empty: send at least one row")
         raise InvalidInputError(
             f"expected a 2-D batch of shape [rows, {len(names)}] "
             f"({', '.join(names)}), got shape {list(matrix.shape)}"
