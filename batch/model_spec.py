@@ -8,7 +8,8 @@ from typing import Any
 
 import inference
 from batch.errors import ScoringError
-from batch.spec import FLOATS, ScoringSpec, TensorInput, TensorOutput, output_layout
+from batch.spec import ScoringSpec, TensorInput, TensorOutput, output_layout
+from inference.inputs import FLOATS
 from inference.metadata import BundleMetadata, InputInfo, OutputInfo
 
 

@@ -10,7 +10,8 @@ from pyspark.mllib.linalg import VectorUDT as OldVectorUDT
 from pyspark.sql import types as T
 
 from batch.errors import ScoringError
-from batch.spec import FLOATS, ScoringSpec, TensorInput
+from batch.spec import ScoringSpec, TensorInput
+from inference.inputs import FLOATS
 
 VECTORS = (VectorUDT, OldVectorUDT)
 """Spark ML vectors: converted to arrays of doubles in the JVM before they reach Python."""

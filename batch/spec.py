@@ -20,7 +20,6 @@ SPARK_TYPES = {
 }  # fmt: skip
 """The Spark type of an output element: Spark has no half floats and no unsigned integers, so
 those widen to the next type that holds every value."""
-FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 
 @dataclass(frozen=True)

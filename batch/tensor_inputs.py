@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.spec import FLOATS, TensorInput
-from inference.inputs import NUMPY_TYPES
+from batch.spec import TensorInput
+from inference.inputs import FLOATS, NUMPY_TYPES
 
 
 @dataclass
