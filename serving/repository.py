@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import inference
+from inference.yaml_files import YamlError, load_yaml
 from serving.batching import BATCHING_OFF, BatchingConfig, BatchingOverride
 from serving.errors import BadRequest, ModelNotFound, ModelNotReady
 
@@ -198,6 +198,9 @@ class ModelRepository:
     def _build(self, name: str, folder: Path) -> ModelEntry:
         try:
             section = ServingSection.parse(_serving_section(folder))
+        except YamlError as e:  # the message names the file
+            log.error("model %s not loaded: %s", name, e, extra={"model": name})
+            return ModelEntry(name, reason=str(e))
         except (ValidationError, ValueError) as e:
             reason = f"{folder / 'model.yaml'}: invalid serving section: {e}"
             log.error("model %s not loaded: %s", name, reason, extra={"model": name})
@@ -280,10 +283,7 @@ def _serving_section(folder: Path) -> Any:
     spec = folder / "model.yaml"
     if not spec.is_file():
         return None
-    try:
-        raw = yaml.safe_load(spec.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"not valid YAML: {' '.join(str(e).split())}") from e
+    raw = load_yaml(spec)
     return raw.get("serving") if isinstance(raw, dict) else None
 
 

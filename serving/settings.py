@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -18,6 +17,7 @@ from pydantic_settings import (
 )
 
 from inference import available_cpus
+from inference.yaml_files import load_yaml
 
 MIB = 1024 * 1024
 
@@ -145,10 +145,7 @@ class Settings(BaseSettings):
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML too
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"settings file {path}: {' '.join(str(e).split())}") from e
+    data = load_yaml(path)  # JSON is YAML too; a YamlError is a ValueError naming the file
     if not isinstance(data, dict):
         raise ValueError(f"settings file {path}: expected a mapping of setting names to values")
     return data

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 from inference import InferenceError, list_versions
 from training.distributed import DistributedError, train_distributed
 from training.export import ExportError
+from training.fit import DivergedError
 from training.search import SearchError, search
 from training.spark import SparkUnavailable, check_master
-from training.spec import SPEC_FILE, SpecError
+from training.spec import SPEC_FILE, SpecError, load_spec
 from training.train import TrainResult, train
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ def check_options(args: argparse.Namespace) -> None:
 
 def model_folders(path: Path) -> list[Path]:
     """The model folders a path names: itself, or every child holding a model.yaml."""
-    if path.is_file() or (path / SPEC_FILE).is_file() or not path.is_dir():
+    if not path.exists():
+        raise SpecError(f"{path}: no such spec file (expected a model folder with {SPEC_FILE})")
+    if path.is_file() or (path / SPEC_FILE).is_file():
         return [path]
     children = sorted(p for p in path.iterdir() if (p / SPEC_FILE).is_file())
     if not children:
@@ -125,13 +128,16 @@ def train_one(folder: Path, args: argparse.Namespace, spark: SparkSession | None
 def run(args: argparse.Namespace, progress: list[Path]) -> None:
     """Train every model the paths name; `progress` gets each folder as its training starts."""
     check_options(args)
-    folders = [f for p in args.paths for f in model_folders(p)]
-    spark = None
-    for folder in folders:
+    todo = []
+    for folder in [f for p in args.paths for f in model_folders(p)]:
         model_dir = folder.parent if folder.is_file() else folder
         if args.if_missing and list_versions(model_dir):
             print(f"{model_dir}: bundle exists (version {list_versions(model_dir)[-1]})")
             continue
+        load_spec(folder)  # every spec is checked before the first model trains
+        todo.append((folder, model_dir))
+    spark = None
+    for folder, model_dir in todo:
         progress.append(model_dir)
         if args.spark and spark is None:
             from training.spark import spark_session
@@ -153,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, InferenceError) as e:
         print(f"error: export failed: {e}", file=sys.stderr)
         return 1
-    except (DistributedError, SearchError, SparkUnavailable, OSError) as e:  # OSError: read-only
+    # OSError: a read-only model folder, a full disk
+    except (DistributedError, DivergedError, SearchError, SparkUnavailable, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

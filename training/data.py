@@ -164,6 +164,12 @@ def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Data
         if len(raw_labels) != 1:
             raise SpecError(f"{spec_file}: data.label: a classifier takes one label column")
         labels, classes = _encode_classes(raw_labels[0], spec.data.classes, where, spec_file)
+        present = np.unique(labels)
+        if len(present) == 1:  # it would learn to answer that class, whatever the input
+            raise SpecError(
+                f"{spec_file}: data.label: all {len(labels)} rows of {where} are of class "
+                f"{classes[present[0]]!r}; a classifier needs rows of at least two classes"
+            )
     else:
         labels = np.column_stack(
             [_numeric(c, n, where, spec_file) for c, n in zip(raw_labels, label_names, strict=True)]

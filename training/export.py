@@ -277,6 +277,12 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray) -> float:
             f"onnxruntime's {name!r} has shape {list(got.shape)} where PyTorch's has "
             f"{list(want.shape)}; the export is not faithful (a size fixed when it was traced?)"
         )
+    if want.dtype.kind == "f" and not np.isfinite(want).all():
+        bad = int((~np.isfinite(want)).any(axis=tuple(range(1, want.ndim))).sum())
+        raise ExportError(
+            f"PyTorch's {name!r} is nan or infinite on {bad} of {len(want)} sample row(s); "
+            "a bundle must answer with numbers (did training diverge?)"
+        )
     if got.dtype.kind != "f":
         if not np.array_equal(got, want):
             raise ExportError(

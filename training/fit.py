@@ -133,6 +133,7 @@ class Trainer:
             logs = self.shard.agree(logs)
             history.epochs.append(logs)
             self.progress.epoch_end(epoch, logs)
+            check_finite(epoch, logs)
             if stopper is not None and stopper.update(epoch, logs):
                 self.progress.message(f"Epoch {epoch + 1}: early stopping")
                 break
@@ -189,6 +190,22 @@ class Trainer:
             totals["loss"] += loss.item() * len(y)
             for name, fn in self.metric_fns.items():
                 totals[name] += fn(y, output).sum().item()
+
+
+class DivergedError(Exception):
+    """The loss stopped being a number: the weights are garbage, and no bundle is written."""
+
+
+def check_finite(epoch: int, logs: dict[str, float]) -> None:
+    """Keras's `TerminateOnNaN`, but an error: a model whose loss is nan or inf would be
+    published and answer every request with the same class. Checked on the logs every rank
+    agreed on, so that all ranks of a distributed run stop together."""
+    if not math.isfinite(logs["loss"]):
+        bad = [f"{name} {value}" for name, value in logs.items() if not math.isfinite(value)]
+        raise DivergedError(
+            f"training diverged at epoch {epoch + 1}: {', '.join(bad)}; no bundle was written "
+            "(lower compile.optimizer.learning_rate, or scale the features: preprocessing.scale)"
+        )
 
 
 class EarlyStopping:

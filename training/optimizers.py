@@ -9,6 +9,7 @@ With epsilon 1e-7 that difference is below float32 noise for ordinary gradients.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from training.names import lookup
+from training.sections import wrong_type
 
 Params = Iterable[nn.Parameter]
 
@@ -126,12 +128,14 @@ def normalize(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
                 f"unknown parameter {key!r} for optimizer {name!r}; known: {', '.join(allowed)}"
             )
         if value is None and key not in COMMON:
-            raise ValueError(f"{key} must be a number, got null")
+            raise ValueError(f"{key} {wrong_type('a number', value)}")
         if key in BOOLEAN:
             if not isinstance(value, bool):
-                raise ValueError(f"{key} must be true or false, got {value!r}")
+                raise ValueError(f"{key} {wrong_type('true or false', value)}")
         elif value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ValueError(f"{key} must be a number, got {value!r}")
+            raise ValueError(f"{key} {wrong_type('a number', value)}")
+        elif value is not None and not math.isfinite(value):
+            raise ValueError(f"{key} {wrong_type('a finite number', value)}")
         elif value is not None and value < 0:
             raise ValueError(f"{key} must not be negative, got {value!r}")
         result[key] = value

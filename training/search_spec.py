@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from training.sections import Section, describe
 
@@ -16,9 +16,10 @@ from training.sections import Section, describe
 class Distribution(Section):
     """A random search's draw for one key: exactly one of these."""
 
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
+    # YAML gives lists; a strict tuple would refuse them.
+    uniform: tuple[float, float] | None = Field(default=None, strict=False)
+    loguniform: tuple[float, float] | None = Field(default=None, strict=False)
+    randint: tuple[StrictInt, StrictInt] | None = Field(default=None, strict=False)
     """Inclusive of both ends."""
     choice: list[Any] | None = Field(default=None, min_length=1)
 

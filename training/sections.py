@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 class Section(BaseModel):
     """A spec section: unknown keys are errors that list the allowed ones."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -41,10 +41,54 @@ def describe(error: ValidationError) -> str:
             ctx = err.get("ctx", {})
             known = str(ctx.get("expected_tags", "")).replace("'", "")
             message = f"unknown layer type {ctx.get('tag')!r}; known: {known}"
+        elif err["type"] in EXPECTED:
+            message = wrong_type(EXPECTED[err["type"]], err["input"])
         elif err["type"] not in ("value_error", "missing"):
             message += f" (got {err['input']!r})"
         parts.append(f"{path}: {message}")
     return "; ".join(parts)
+
+
+EXPECTED = {
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list, e.g. [a, b]",
+    "dict_type": "a mapping, e.g. {key: value}",
+}
+"""What a key must hold, for pydantic's strict type errors."""
+
+
+def wrong_type(expected: str, value: Any) -> str:
+    """`must be <expected>, got <the value as YAML wrote it> (<what it is; the fix>)`."""
+    if isinstance(value, bool):
+        got = f"{str(value).lower()} (a boolean)"
+    elif value is None:
+        got = "an empty value (null)"
+    elif isinstance(value, float) and expected == "a whole number":
+        got = f"{value!r} (a decimal number; write it without a fraction or exponent)"
+    elif isinstance(value, str):
+        got = f"{value!r} (text)"
+        if expected in ("a whole number", "a number", "a finite number") and _is_number(value):
+            got = f"{value!r} (text, in quotes; write it without the quotes)"
+        elif expected == "true or false" and value.lower() in ("yes", "no", "on", "off", "y", "n"):
+            got = f"{value!r} (text in YAML 1.2; write true or false)"
+    elif isinstance(value, (dict, list)):
+        got = f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    else:
+        got = repr(value)
+    return f"must be {expected}, got {got}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _path(loc: tuple[int | str, ...]) -> list[str]:

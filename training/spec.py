@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inference.yaml_files import YamlError, load_yaml
 from training import activations, losses, metrics, optimizers
 from training.search_spec import SearchSpec
 from training.sections import Section, describe
@@ -101,6 +101,9 @@ class BatchNormalizationSpec(_Layer):
     center: bool = True
     scale: bool = True
 
+
+MAX_PARAMETERS = 250_000_000
+"""A gibibyte of float32 weights (Adam keeps two more copies): the most one machine trains."""
 
 RESERVED_NAMES = frozenset({"features", "scores", "class_index", "predictions", "label", "error"})
 """Names of the graph's input and outputs (and of the batch job's derived columns), which layer
@@ -245,7 +248,23 @@ class Spec(Section):
             raise ValueError("fit.validation_split and data.validation_split differ")
         self._check_outputs()
         self._check_monitor()
+        self._check_size(n_features)
         return self
+
+    def _check_size(self, width: int) -> None:
+        """Keras's parameter count, before torch is asked for memory it does not have."""
+        total = 0
+        for layer in self.network.layers:
+            if isinstance(layer, DenseSpec):
+                total += width * layer.units + (layer.units if layer.use_bias else 0)
+                width = layer.units
+            elif isinstance(layer, BatchNormalizationSpec):
+                total += (2 + layer.center + layer.scale) * width
+        if total > MAX_PARAMETERS:
+            raise ValueError(
+                f"the network has {total:,} parameters ({total * 4 / 2**30:,.1f} GiB of float32 "
+                f"weights); at most {MAX_PARAMETERS:,} train here: use fewer units"
+            )
 
     def _check_outputs(self) -> None:
         units, loss = self.network.output_units, self.compile.loss
@@ -305,32 +324,15 @@ def load_spec(path: str | Path) -> tuple[Spec, Path]:
     """Parse and validate a spec; returns it with the spec file's path."""
     file = find_spec_file(path)
     try:
-        with file.open() as stream:  # a stream: the file's name is in YAML's messages
-            raw = yaml.load(stream, Loader=_UniqueKeys)  # a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise SpecError(f"{file}: not valid YAML: {' '.join(str(e).split())}") from e
+        raw = load_yaml(file)  # YAML 1.2: `1e-4` is a number, `yes` a string
+    except YamlError as e:
+        raise SpecError(str(e)) from None
     if not isinstance(raw, dict):
         raise SpecError(f"{file}: expected a mapping of sections (name, data, model, ...)")
     try:
         return Spec.model_validate(raw), file
     except ValidationError as e:
         raise SpecError(f"{file}: {describe(e)}") from e
-
-
-class _UniqueKeys(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
-    keeps the last silently: a search space or a layer setting would vanish unnoticed)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
 
 
 def spec_sha256(file: Path) -> str:

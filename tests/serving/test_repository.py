@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import yaml
 from fastapi.testclient import TestClient
 
+from inference.yaml_files import MAX_VALUES
+from tests.inference.test_yaml_files import BOMB
 from tests.serving.conftest import ClientFactory
 
 
@@ -174,3 +177,17 @@ def test_a_name_the_file_system_refuses_is_an_unknown_model(client: TestClient):
     answer = client.post(f"/v2/repository/models/{'x' * 300}/load")
     assert answer.status_code == 404
     assert "not in the repository" in answer.json()["error"]
+
+
+def test_a_bomb_in_one_serving_section_leaves_the_other_models_serving(
+    make_client: ClientFactory, repo_copy: Path
+):
+    spec = repo_copy / "iris" / "model.yaml"
+    spec.write_text(spec.read_text() + "\nserving:\n  " + BOMB.replace("\n", "\n  "))
+    started = time.perf_counter()
+    client = make_client(repo=repo_copy)
+    assert time.perf_counter() - started < 30
+    index = {m["name"]: m for m in client.post("/v2/repository/index").json()}
+    assert index["iris"]["state"] == "UNAVAILABLE"
+    assert index["iris"]["reason"].startswith(f"{spec}: expands to more than {MAX_VALUES:,} values")
+    assert client.get("/v2/models/side_effects/ready").status_code == 200

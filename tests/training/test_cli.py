@@ -68,3 +68,41 @@ def test_bad_arguments_exit_2_with_usage(
     err = capsys.readouterr().err
     assert err.startswith("usage: python -m training")
     assert message in err
+
+
+def test_training_that_diverges_publishes_nothing(make_spec: SpecWriter):
+    folder = make_spec(lambda s: s["compile"]["optimizer"].update(learning_rate=1.0e30))
+    result = run_cli(str(folder), "--epochs", "3", "--verbose", "0")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: training diverged at epoch 1: loss nan, val_loss nan; no bundle was written "
+        "(lower compile.optimizer.learning_rate, or scale the features: preprocessing.scale)\n"
+    )
+    assert [p.name for p in folder.iterdir()] == ["model.yaml"]
+
+
+def test_a_label_of_one_class_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "rows.csv").write_text("a,b,y\n1,2,x\n3,4,x\n5,6,x\n7,8,x\n")
+    (folder / "model.yaml").write_text(
+        "name: one\n"
+        "data: {source: 'csv:rows.csv', features: [a, b], label: y, validation_split: 0.25}\n"
+        "model: {layers: [{type: dense, units: 2, activation: softmax}]}\n"
+        "compile: {optimizer: adam, loss: sparse_categorical_crossentropy}\n"
+    )
+    assert main([str(folder)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {folder / 'model.yaml'}: data.label: all 4 rows of rows.csv are of class 'x'; "
+        "a classifier needs rows of at least two classes\n"
+    )
+
+
+def test_every_spec_is_checked_before_the_first_trains(
+    make_spec: SpecWriter, capsys: pytest.CaptureFixture[str]
+):
+    good = make_spec(name="a_good")
+    bad = make_spec(lambda s: s["fit"].update(epochs="many"), name="b_bad")
+    assert main([str(good.parent)]) == 2
+    assert f"{bad / 'model.yaml'}: fit.epochs: must be a whole number" in capsys.readouterr().err
+    assert not (good / "1").exists()

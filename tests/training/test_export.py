@@ -185,3 +185,14 @@ def test_an_unfaithful_export_fails_and_leaves_nothing(tmp_path: Path):
     ):
         export_module(Noisy(), tmp_path / "noisy", feature_names=["a"])
     assert list((tmp_path / "noisy").iterdir()) == []
+
+
+def test_a_module_answering_nan_is_not_published(tmp_path: Path):
+    diverged = nn.Linear(2, 1)
+    with torch.no_grad():
+        diverged.weight.fill_(float("nan"))
+    with pytest.raises(
+        ExportError, match=r"PyTorch's 'predictions' is nan or infinite on 256 of 256 sample row"
+    ):
+        export_module(diverged, tmp_path / "nan", feature_names=["a", "b"])
+    assert list((tmp_path / "nan").iterdir()) == []
