@@ -8,9 +8,11 @@ missing repository) stops the start with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -137,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": settings.log_level,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, tune_gc=True), **common)
-        return 0
+        return run_one(settings, common)
     made = None
     if settings.metrics_dir is None:  # the workers' scrapes need one to share their metrics
         made = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
@@ -151,6 +152,29 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(made, ignore_errors=True)
 
 
+def listen(settings: Settings, reuse_port: bool) -> socket.socket | None:
+    """The bound socket, or None after a one-line error: before any model loads, so that a port
+    in use is the first and only thing the log says."""
+    try:
+        return listener.bind(settings.host, settings.port, reuse_port)
+    except OSError as e:
+        where = listener.address(settings.host, settings.port)
+        hint = "; stop what holds it, or pass another --port" if e.errno == errno.EADDRINUSE else ""
+        print(f"error: cannot listen on {where}: {e.strerror or e}{hint}", file=sys.stderr)
+        return None
+
+
+def run_one(settings: Settings, common: dict[str, Any]) -> int:
+    """One process, as `uvicorn.run` would run it, on a socket bound before the app is built."""
+    sock = listen(settings, reuse_port=False)
+    if sock is None:
+        return 2
+    with sock:
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, tune_gc=True), **common))
+        server.run(sockets=[sock])
+    return 0 if server.started else STARTUP_FAILURE
+
+
 def run_workers(settings: Settings, common: dict[str, Any]) -> int:
     """uvicorn's supervisor over `settings.workers` processes, listening as serving/listener.py
     says (what `uvicorn.run(..., workers=N)` does, with the socket of our choice). The metrics
@@ -159,11 +183,8 @@ def run_workers(settings: Settings, common: dict[str, Any]) -> int:
     config = uvicorn.Config(
         "serving.app:create_worker_app", factory=True, workers=settings.workers, **common
     )
-    try:
-        sock = listener.bind(settings.host, settings.port, settings.reuse_port)
-    except OSError as e:
-        where = listener.address(settings.host, settings.port)
-        print(f"error: cannot listen on {where}: {e}", file=sys.stderr)
+    sock = listen(settings, settings.reuse_port)
+    if sock is None:
         return 2
     try:
         if settings.metrics_dir is not None:

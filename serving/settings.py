@@ -17,7 +17,7 @@ from pydantic_settings import (
 )
 
 from inference import available_cpus
-from inference.yaml_files import load_yaml
+from inference.yaml_files import YamlError, load_yaml
 
 MIB = 1024 * 1024
 
@@ -145,7 +145,10 @@ class Settings(BaseSettings):
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
-    data = load_yaml(path)  # JSON is YAML too; a YamlError is a ValueError naming the file
+    try:
+        data = load_yaml(path)  # JSON is YAML too
+    except YamlError as e:  # its message starts with the path
+        raise ValueError(f"settings file {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"settings file {path}: expected a mapping of setting names to values")
     return data

@@ -71,7 +71,8 @@ def test_each_worker_listens_on_its_own_socket_and_gets_a_share_of_the_connectio
         again = run_cli("--repo", "models", "--workers", "2", "--port", str(server.port))
         assert again.returncode == 2, again.stderr  # not a third member of the workers' group
         assert again.stderr.strip().splitlines()[-1] == (
-            f"error: cannot listen on 127.0.0.1:{server.port}: [Errno 98] Address already in use"
+            f"error: cannot listen on 127.0.0.1:{server.port}: Address already in use; stop what "
+            "holds it, or pass another --port"
         )
         assert listening_sockets(server.port) == 2
     finally:
@@ -89,13 +90,15 @@ def test_without_reuse_port_the_workers_share_one_socket(tmp_path: Path):
         server.stop()
 
 
-def test_a_port_in_use_stops_a_multi_worker_start_with_one_line(tmp_path: Path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_stops_the_start_with_one_line_before_any_model_loads(workers: str):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run_cli("--repo", "models", "--workers", "2", "--port", str(port))
+        done = run_cli("--repo", "models", "--workers", workers, "--port", str(port))
     assert done.returncode == 2
+    assert "loaded model" not in done.stderr + done.stdout
     assert (
         done.stderr.strip()
         .splitlines()[-1]
