@@ -35,8 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, machine, write_section
 from training.distributed import fit_distributed
+from training.layer_specs import DenseSpec
 from training.spark import spark_session
-from training.spec import DenseSpec, Spec
+from training.spec import Spec
 from training.train import Fitted, Run, fit, prepare
 
 MODELS = ("side_effects", "iris")

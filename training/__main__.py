@@ -25,6 +25,7 @@ from training.fit import DivergedError
 from training.search import SearchError, search
 from training.spark import SparkUnavailable, check_master
 from training.spec import SPEC_FILE, SpecError, load_spec
+from training.summary import summary
 from training.train import TrainResult, train
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), help="override fit.verbose")
     parser.add_argument(
         "--if-missing", action="store_true", help="skip models that already have a bundle version"
+    )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="print each model's layers, output shapes and parameter counts (Keras's "
+        "model.summary()) from its spec, and train nothing",
     )
     spark = parser.add_argument_group("Spark")
     spark.add_argument(
@@ -88,6 +95,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise SpecError("--parallelism is for --search")
     if args.master is not None and not args.spark:
         raise SpecError("--master is for --spark")
+    if args.summary and (args.spark or args.search or args.if_missing):
+        raise SpecError("--summary trains nothing: it takes no --spark, --search or --if-missing")
     if args.verbose is not None and args.search:
         raise SpecError("--verbose is not for --search: trials train silently, one line each")
     if args.master is not None:
@@ -128,6 +137,10 @@ def train_one(folder: Path, args: argparse.Namespace, spark: SparkSession | None
 def run(args: argparse.Namespace, progress: list[Path]) -> None:
     """Train every model the paths name; `progress` gets each folder as its training starts."""
     check_options(args)
+    if args.summary:
+        for folder in [f for p in args.paths for f in model_folders(p)]:
+            print(summary(load_spec(folder)[0]))
+        return
     todo = []
     for folder in [f for p in args.paths for f in model_folders(p)]:
         model_dir = folder.parent if folder.is_file() else folder
@@ -144,8 +157,8 @@ def run(args: argparse.Namespace, progress: list[Path]) -> None:
 
             spark = spark_session(args.master)
         result = train_one(folder, args, spark)
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        print(f"Bundle written: {result.bundle} ({summary})")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        print(f"Bundle written: {result.bundle} ({figures})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from training.layer_specs import EmbeddingSpec
 from training.spec import Spec, SpecError
 
 if TYPE_CHECKING:
@@ -76,7 +77,16 @@ def iris(seed: int) -> Columns:
     return columns
 
 
-BUILTIN = {"drug_trial": drug_trial, "iris": iris}
+def digits(seed: int) -> Columns:
+    """Handwritten digits (1,797 8x8 images, as scikit-learn's `load_digits`): `pixels`, 64
+    values per row in [0, 1] (the 0-16 counts divided by 16), row by row; `digit`, 0-9. With
+    `input_shape: [8, 8, 1]` a row is the image, channels last."""
+    del seed
+    table = np.loadtxt(DATASETS / "digits.csv.gz", delimiter=",", dtype=np.float64)
+    return {"pixels": table[:, :64] / 16.0, "digit": table[:, 64].astype(np.int64)}
+
+
+BUILTIN = {"drug_trial": drug_trial, "iris": iris, "digits": digits}
 
 
 def read_source(
@@ -107,7 +117,10 @@ def read_source(
         table = pyarrow.csv.read_csv(path) if kind == "csv" else pyarrow.parquet.read_table(path)
     except Exception as e:  # pyarrow raises several untyped errors for unreadable files
         raise SpecError(f"{spec_file}: data.source: cannot read {rest} as {kind}: {e}") from e
-    return _columns(table), rest
+    try:
+        return _columns(table), rest
+    except ValueError as e:
+        raise SpecError(f"{spec_file}: data.source: {rest}: {e}") from None
 
 
 def _read_with_spark(
@@ -137,8 +150,45 @@ def _read_with_spark(
 
 
 def _columns(table: Any) -> Columns:
-    """A pyarrow table's columns as numpy arrays."""
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
+    """A pyarrow table's columns as numpy arrays; a list column (an image or a sequence per
+    row, nested or flat) as a 2-D array of each row's values in order."""
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if _is_list(column.type):
+            columns[name] = _list_column(column.combine_chunks(), name)
+        else:
+            columns[name] = column.to_numpy(zero_copy_only=False)
+    return columns
+
+
+def _is_list(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    )
+
+
+def _list_column(column: Any, name: str) -> np.ndarray:
+    """Rows of equal size as (rows, size); a ValueError names the first row of another size."""
+    import pyarrow.compute as pc
+
+    row_of = pc.list_parent_indices(column).to_numpy()
+    values = pc.list_flatten(column)
+    while _is_list(values.type):  # a nested list (rows of an image): flatten it row by row
+        row_of = row_of[pc.list_parent_indices(values).to_numpy()]
+        values = pc.list_flatten(values)
+    sizes = np.bincount(row_of, minlength=len(column))
+    if len(sizes) and (sizes != sizes[0]).any():
+        bad = int(np.flatnonzero(sizes != sizes[0])[0])
+        raise ValueError(
+            f"column {name!r}: row {bad} holds {sizes[bad]} values and row 0 {sizes[0]}; every "
+            "row of an array-valued feature must hold as many (a missing row holds 0)"
+        )
+    size = int(sizes[0]) if len(sizes) else 0
+    result: np.ndarray = values.to_numpy(zero_copy_only=False).reshape(len(column), size)
+    return result
 
 
 def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Dataset:
@@ -158,6 +208,8 @@ def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Data
     features = np.column_stack(
         [_numeric(column(n, "data.features"), n, where, spec_file) for n in spec.data.features]
     ).astype(np.float32)
+    _check_width(spec, spec_file, features.shape[1])
+    _check_ids(spec, spec_file, features)
     label_names = [spec.data.label] if isinstance(spec.data.label, str) else spec.data.label
     raw_labels = [column(n, "data.label") for n in label_names]
     if spec.is_classifier:
@@ -176,6 +228,41 @@ def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Data
         ).astype(np.float32)
         classes = None
     return Dataset(features, labels, list(spec.data.features), classes)
+
+
+def _check_width(spec: Spec, spec_file: Path, width: int) -> None:
+    """The values of a row (array-valued features count each value) fill model.input_shape."""
+    shape = spec.network.resolved_input_shape
+    if shape is None and width != len(spec.data.features):
+        raise SpecError(
+            f"{spec_file}: model.input_shape: the features give {width} values per row; set "
+            f"input_shape to lay them out (e.g. [{width}], or [8, 8, 1] for an 8x8 image)"
+        )
+    if shape is not None and math.prod(shape) != width:
+        raise SpecError(
+            f"{spec_file}: model.input_shape {shape} takes {math.prod(shape)} values per row, "
+            f"but the features give {width}"
+        )
+
+
+def _check_ids(spec: Spec, spec_file: Path, features: np.ndarray) -> None:
+    """Token ids for a first embedding layer: whole numbers in [0, input_dim)."""
+    first = spec.network.layers[0]
+    if not isinstance(first, EmbeddingSpec):
+        return
+    bad = np.flatnonzero(
+        ((features != np.round(features)) | (features < 0) | (features >= first.input_dim)).any(
+            axis=1
+        )
+    )
+    if bad.size:
+        row = features[bad[0]]
+        value = row[(row != np.round(row)) | (row < 0) | (row >= first.input_dim)][0]
+        raise SpecError(
+            f"{spec_file}: data.features: the first layer (embedding) takes token ids, whole "
+            f"numbers from 0 to {first.input_dim - 1} (its input_dim is {first.input_dim}); "
+            f"{bad.size} row(s) hold others, the first at row {bad[0]}: {value:g}"
+        )
 
 
 def split(data: Dataset, validation_split: float, seed: int) -> tuple[Dataset, Dataset]:

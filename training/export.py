@@ -14,6 +14,7 @@ One path serves both the spec-trained models and any user's tabular `nn.Module`
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -80,12 +81,18 @@ class ServingGraph(nn.Module):
         self.feature_names = list(feature_names)
         self.classes = list(classes) if classes is not None else None
         self.decision_threshold = decision_threshold
-        # Spec-built networks expose their hidden layers as outputs (for featurization).
-        self.hidden_names = network.hidden_names if isinstance(network, Sequential) else []
-        self.hidden_widths = network.hidden_widths if isinstance(network, Sequential) else {}
+        # Spec-built networks expose their hidden layers as outputs (for featurization), and
+        # may take rows shaped as images or sequences (Keras's input_shape, channels last).
+        self.hidden_names: list[str] = []
+        self.hidden_shapes: dict[str, tuple[int, ...]] = {}
+        self.input_shape: tuple[int, ...] = (len(self.feature_names),)
+        if isinstance(network, Sequential):
+            self.hidden_names = network.hidden_names
+            self.hidden_shapes = network.hidden_shapes
+            self.input_shape = network.input_shape
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        z = self.scaler(x)
+        z = self.scaler(x.reshape(x.shape[0], -1) if len(self.input_shape) > 1 else x)
         if isinstance(self.network, Sequential) and self.hidden_names:
             y, hidden = self.network.forward_with_hidden(z)
         else:
@@ -95,6 +102,11 @@ class ServingGraph(nn.Module):
         if self.classes is None:
             return (y, *hidden)
         return (y, self.class_index(y), *hidden)
+
+    @property
+    def tabular(self) -> bool:
+        """One row is a vector of the named features (not an image or a sequence)."""
+        return self.input_shape == (len(self.feature_names),)
 
     @property
     def output_names(self) -> list[str]:
@@ -136,7 +148,7 @@ class ServingGraph(nn.Module):
             OutputInfo(
                 name=name,
                 datatype="FP32",
-                shape=[-1, self.hidden_widths[name]],
+                shape=[-1, *self.hidden_shapes[name]],
                 role="layer",
                 description=f"activations of layer {name!r}",
             )
@@ -168,7 +180,7 @@ def export_bundle(
     """Write the next version of `model_dir` from `graph`; returns the version folder."""
     model_dir = Path(model_dir)
     graph = graph.eval()
-    rows = np.ascontiguousarray(parity_rows, dtype=np.float32)
+    rows = np.ascontiguousarray(parity_rows, dtype=np.float32).reshape(-1, *graph.input_shape)
     with torch.no_grad():
         expected = [t.numpy() for t in graph(torch.from_numpy(rows))]
     with staging_folder(model_dir) as staging:
@@ -183,9 +195,11 @@ def export_bundle(
                 InputInfo(
                     name=INPUT_NAME,
                     datatype="FP32",
-                    shape=[-1, len(graph.feature_names)],
-                    feature_names=graph.feature_names,
-                    description="raw feature values, unscaled",
+                    shape=[-1, *graph.input_shape],
+                    feature_names=graph.feature_names if graph.tabular else None,
+                    description="raw feature values, unscaled"
+                    if graph.tabular
+                    else f"{', '.join(graph.feature_names)}: {list(graph.input_shape)} per row",
                 )
             ],
             outputs=graph.output_infos(out_width),
@@ -302,7 +316,8 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray) -> float:
 
 def _export_onnx(graph: ServingGraph, rows: np.ndarray, path: Path) -> None:
     # A batch of 2+ rows keeps the batch axis symbolic (size 1 would be specialised).
-    example = torch.zeros((max(2, min(len(rows), 8)), len(graph.feature_names)))
+    example = torch.zeros((max(2, min(len(rows), 8)), *graph.input_shape))
+    placeholders = [f"output.{i}" for i in range(len(graph.output_names))]
     try:
         with _quiet_exporter():
             torch.onnx.export(
@@ -310,7 +325,7 @@ def _export_onnx(graph: ServingGraph, rows: np.ndarray, path: Path) -> None:
                 (example,),
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=graph.output_names,
+                output_names=placeholders,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 external_data=False,
                 opset_version=OPSET,
@@ -318,6 +333,31 @@ def _export_onnx(graph: ServingGraph, rows: np.ndarray, path: Path) -> None:
             )
     except Exception as e:  # the exporter raises many unrelated types; keep the cause
         raise ExportError(f"torch.onnx.export failed: {e}") from e
+    proto = onnx.load(str(path))
+    _name_outputs(proto.graph, dict(zip(placeholders, graph.output_names, strict=True)))
+    onnx.save(proto, str(path))
+
+
+def _name_outputs(graph: onnx.GraphProto, names: Mapping[str, str]) -> None:
+    """Give the outputs their names. The exporter names inner values after their ops
+    (`conv2d`, `lstm`, `embedding`), which are also Keras's layer names: an output named in
+    the export would then be defined twice, and onnxruntime refuses such a graph. So the outputs
+    are exported under placeholders, the inner values that hold a wanted name are renamed,
+    and then the placeholders become the names."""
+    wanted = set(names.values())
+    taken = {v for node in graph.node for v in (*node.input, *node.output)} | {
+        i.name for i in (*graph.input, *graph.initializer)
+    }
+    renames = {}
+    for value in sorted(wanted & taken):
+        fresh = next(f"{value}.{i}" for i in itertools.count() if f"{value}.{i}" not in taken)
+        renames[value] = fresh
+    renames.update(names)
+    for node in graph.node:
+        node.input[:] = [renames.get(v, v) for v in node.input]
+        node.output[:] = [renames.get(v, v) for v in node.output]
+    for info in (*graph.output, *graph.value_info, *graph.input, *graph.initializer):
+        info.name = renames.get(info.name, info.name)
 
 
 @contextlib.contextmanager

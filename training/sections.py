@@ -101,5 +101,26 @@ def _path(loc: tuple[int | str, ...]) -> list[str]:
     return parts
 
 
-LAYER_TYPES = ("dense", "activation", "dropout", "batch_normalization")
+LAYER_TYPES = (
+    "dense",
+    "activation",
+    "dropout",
+    "batch_normalization",
+    "conv1d",
+    "conv2d",
+    "max_pooling1d",
+    "max_pooling2d",
+    "average_pooling1d",
+    "average_pooling2d",
+    "global_average_pooling1d",
+    "global_average_pooling2d",
+    "global_max_pooling1d",
+    "global_max_pooling2d",
+    "flatten",
+    "reshape",
+    "embedding",
+    "simple_rnn",
+    "lstm",
+    "gru",
+)
 """The `type` tags of `training.spec.LayerSpec` (a test keeps the two equal)."""

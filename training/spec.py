@@ -11,14 +11,16 @@ What every section shares (unknown keys refused, errors worded) is in `training.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inference.yaml_files import YamlError, load_yaml
-from training import activations, losses, metrics, optimizers
+from training import layer_specs, losses, metrics, optimizers
+from training.layer_specs import EmbeddingSpec, LayerError, LayerSpec, Shape
 from training.search_spec import SearchSpec
 from training.sections import Section, describe
 
@@ -61,57 +63,12 @@ class PreprocessingSpec(Section):
     scale: Literal["minmax", "standard", "none"] = "none"
 
 
-def _activation(value: str) -> str:
-    activations.get(value)
-    return value.lower()
-
-
-class _Layer(Section):
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    input_shape: list[int] | None = None
-
-
-class DenseSpec(_Layer):
-    type: Literal["dense"]
-    units: int = Field(gt=0)
-    activation: Annotated[str, Field(validate_default=True)] = "linear"
-    use_bias: bool = True
-    kernel_initializer: Literal["glorot_uniform"] = "glorot_uniform"
-    bias_initializer: Literal["zeros"] = "zeros"
-
-    _check_activation = field_validator("activation")(_activation)
-
-
-class ActivationSpec(_Layer):
-    type: Literal["activation"]
-    activation: str
-
-    _check_activation = field_validator("activation")(_activation)
-
-
-class DropoutSpec(_Layer):
-    type: Literal["dropout"]
-    rate: float = Field(ge=0.0, lt=1.0)
-
-
-class BatchNormalizationSpec(_Layer):
-    type: Literal["batch_normalization"]
-    momentum: float = Field(default=0.99, gt=0.0, lt=1.0)
-    epsilon: float = Field(default=1e-3, gt=0.0)
-    center: bool = True
-    scale: bool = True
-
-
 MAX_PARAMETERS = 250_000_000
 """A gibibyte of float32 weights (Adam keeps two more copies): the most one machine trains."""
 
 RESERVED_NAMES = frozenset({"features", "scores", "class_index", "predictions", "label", "error"})
 """Names of the graph's input and outputs (and of the batch job's derived columns), which layer
 outputs must not shadow."""
-
-LayerSpec = Annotated[
-    DenseSpec | ActivationSpec | DropoutSpec | BatchNormalizationSpec, Field(discriminator="type")
-]
 
 
 class NetworkSpec(Section):
@@ -127,8 +84,6 @@ class NetworkSpec(Section):
             )
         if any(layer.input_shape is not None for layer in self.layers[1:]):
             raise ValueError("only the first layer may give input_shape")
-        if not any(isinstance(layer, DenseSpec) for layer in self.layers):
-            raise ValueError("the network needs at least one dense layer")
         names = self.layer_names
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -153,9 +108,13 @@ class NetworkSpec(Section):
     def resolved_input_shape(self) -> list[int] | None:
         return self.input_shape or self.layers[0].input_shape
 
-    @property
-    def output_units(self) -> int:
-        return next(x.units for x in reversed(self.layers) if isinstance(x, DenseSpec))
+    def input_shape_for(self, n_features: int) -> Shape:
+        """The shape of one row: the spec's input_shape, or a vector of the features."""
+        return tuple(self.resolved_input_shape or [n_features])
+
+    def shapes(self, n_features: int) -> list[Shape]:
+        """Each layer's output shape for one row (Keras's, without the batch axis)."""
+        return layer_specs.shapes(self.layers, self.input_shape_for(n_features))
 
 
 class OptimizerSpec(BaseModel):
@@ -237,44 +196,61 @@ class Spec(Section):
     def _consistent(self) -> Spec:
         shape = self.network.resolved_input_shape
         n_features = len(self.data.features)
-        if shape is not None and shape != [n_features]:
+        if shape is not None and n_features > 1 and math.prod(shape) != n_features:
             raise ValueError(
                 f"model.input_shape {shape} does not fit the {n_features} feature(s) "
-                f"{self.data.features}; expected [{n_features}]"
+                f"{self.data.features}; expected [{n_features}] (or one array-valued feature)"
             )
         split = self.fit.validation_split
         given_twice = split is not None and "validation_split" in self.data.model_fields_set
         if given_twice and split != self.data.validation_split:
             raise ValueError("fit.validation_split and data.validation_split differ")
-        self._check_outputs()
+        shapes = self._check_shapes(n_features)
+        self._check_outputs(shapes[-1])
         self._check_monitor()
         self._check_size(n_features)
+        if self.preprocessing.scale != "none" and isinstance(self.network.layers[0], EmbeddingSpec):
+            raise ValueError(
+                "preprocessing.scale would scale the token ids of the first layer (embedding); "
+                "set it to none"
+            )
         return self
 
-    def _check_size(self, width: int) -> None:
+    def _check_shapes(self, n_features: int) -> list[Shape]:
+        try:
+            shapes = self.network.shapes(n_features)
+        except LayerError as e:
+            raise ValueError(f"model.layers: {e}") from None
+        names = self.network.layer_names
+        if len(shapes[-1]) != 1:
+            raise ValueError(
+                f"model.layers: the last layer ({names[-1]}) gives {shapes[-1]} per row, but the "
+                "model must give one vector per row; add a flatten or global pooling layer, or "
+                "set return_sequences: false"
+            )
+        return shapes
+
+    def _check_size(self, n_features: int) -> None:
         """Keras's parameter count, before torch is asked for memory it does not have."""
-        total = 0
+        shape, total = self.network.input_shape_for(n_features), 0
         for layer in self.network.layers:
-            if isinstance(layer, DenseSpec):
-                total += width * layer.units + (layer.units if layer.use_bias else 0)
-                width = layer.units
-            elif isinstance(layer, BatchNormalizationSpec):
-                total += (2 + layer.center + layer.scale) * width
+            total += layer.parameters(shape)
+            shape = layer.output_shape(shape)
         if total > MAX_PARAMETERS:
             raise ValueError(
                 f"the network has {total:,} parameters ({total * 4 / 2**30:,.1f} GiB of float32 "
                 f"weights); at most {MAX_PARAMETERS:,} train here: use fewer units"
             )
 
-    def _check_outputs(self) -> None:
-        units, loss = self.network.output_units, self.compile.loss
+    def _check_outputs(self, output: Shape) -> None:
+        units, loss = output[0], self.compile.loss
         if loss in losses.SPARSE and units < 2:
             raise ValueError(f"{loss} needs one output unit per class (at least 2), got {units}")
         n = len(self.data.classes or [])
         if n and not units_fit_classes(units, n):
             expected = f"{n} (or 1 for two classes)" if n == 2 else str(n)
             raise ValueError(
-                f"the last dense layer has {units} unit(s) but data.classes names {n} classes; "
+                f"the last layer has {units} unit(s) but data.classes names {n} classes; "
                 f"expected {expected}"
             )
 

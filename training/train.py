@@ -27,6 +27,7 @@ from training import data as datasets
 from training import losses
 from training.export import ServingGraph, export_bundle
 from training.fit import Batches, History, Shard, Trainer
+from training.layer_specs import EmbeddingSpec
 from training.network import Sequential
 from training.optimizers import Optimizer
 from training.plots import plot_history
@@ -146,7 +147,7 @@ def fit(
     spec, shard = run.spec, shard or Shard()
     scaler = Scaler.fit(spec.preprocessing.scale, run.train_set.features)
     torch.manual_seed(run.seed)  # the same initial weights on every run and every rank
-    network = Sequential(spec.network, len(spec.data.features))
+    network = Sequential(spec.network, run.train_set.features.shape[1])
     model: nn.Module = nn.Sequential(scaler, network)  # what is trained is what is exported
     units = network.out_features
     _check_classes(spec, run.spec_file, run.classes, units)
@@ -178,7 +179,7 @@ def fit(
 def rebuild(run: Run, state: Mapping[str, np.ndarray], history: History) -> Fitted:
     """The network a worker trained, re-created on the driver from its weights."""
     scaler = Scaler.fit(run.spec.preprocessing.scale, run.train_set.features)
-    network = Sequential(run.spec.network, len(run.spec.data.features))
+    network = Sequential(run.spec.network, run.train_set.features.shape[1])
     nn.Sequential(scaler, network).load_state_dict(
         {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
     )
@@ -218,7 +219,9 @@ def export(
         spec_file.parent,
         name=spec.name,
         description=spec.description,
-        parity_rows=parity_rows(run.train_set.features, run.val_set.features, run.seed),
+        parity_rows=parity_rows(
+            run.train_set.features, run.val_set.features, run.seed, ids=token_ids(spec)
+        ),
         metrics=history.final,
         history=history.columns,
         provenance={
@@ -248,13 +251,26 @@ def targets(labels: np.ndarray, spec: Spec, units: int) -> Tensor:
     return nn.functional.one_hot(indices, units).to(torch.float32)
 
 
-def parity_rows(train: np.ndarray, held_out: np.ndarray, seed: int) -> np.ndarray:
-    """Held-out rows plus random rows spanning the training range and 10% beyond it."""
-    low, high = train.min(axis=0), train.max(axis=0)
-    margin = 0.1 * (high - low)
+def parity_rows(
+    train: np.ndarray, held_out: np.ndarray, seed: int, *, ids: int | None = None
+) -> np.ndarray:
+    """Held-out rows plus random rows spanning the training range and 10% beyond it; for a
+    network that starts with an embedding, random token ids below `ids` instead."""
     rng = np.random.default_rng(seed)
-    random = rng.uniform(low - margin, high + margin, size=(PARITY_RANDOM_ROWS, train.shape[1]))
+    size = (PARITY_RANDOM_ROWS, train.shape[1])
+    if ids is not None:
+        random = rng.integers(0, ids, size=size).astype(np.float64)
+    else:
+        low, high = train.min(axis=0), train.max(axis=0)
+        margin = 0.1 * (high - low)
+        random = rng.uniform(low - margin, high + margin, size=size)
     return np.concatenate([held_out[:PARITY_HELD_OUT_ROWS], random]).astype(np.float32)
+
+
+def token_ids(spec: Spec) -> int | None:
+    """The embedding's `input_dim` when the network starts with one (its inputs are ids)."""
+    first = spec.network.layers[0]
+    return first.input_dim if isinstance(first, EmbeddingSpec) else None
 
 
 def _batches(
@@ -272,12 +288,12 @@ def _check_classes(spec: Spec, spec_file: Path, classes: list[str] | None, units
         label_count = 1 if isinstance(spec.data.label, str) else len(spec.data.label)
         if label_count != units:
             raise SpecError(
-                f"{spec_file}: model.layers: the last dense layer has {units} unit(s) but "
+                f"{spec_file}: model.layers: the last layer has {units} unit(s) but "
                 f"data.label names {label_count} column(s)"
             )
         return
     if not units_fit_classes(units, len(classes)):
         raise SpecError(
-            f"{spec_file}: model.layers: the last dense layer has {units} unit(s) for "
+            f"{spec_file}: model.layers: the last layer has {units} unit(s) for "
             f"{len(classes)} classes ({', '.join(classes)}); expected {len(classes)}"
         )

@@ -105,7 +105,7 @@ def test_each_trial_spec_carries_its_values(make_spec: SpecWriter):
         (
             {"space": {"model.layers.0.unit": [4]}},
             r"search\.space: 'model\.layers\.0\.unit': model\.layers\.0 has no key 'unit'; "
-            r"keys: name, input_shape, type, units",
+            r"keys: type, name, input_shape, units",
         ),
         (
             {"space": {"model.layers.5.units": [4]}},

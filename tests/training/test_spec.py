@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import MODELS, SpecWriter
 from training import SpecError, load_spec, train
+from training.layer_specs import DenseSpec, LayerSpec
 from training.sections import LAYER_TYPES
-from training.spec import DenseSpec, LayerSpec
 
 
 def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
@@ -72,8 +72,9 @@ def test_the_seed_model_is_the_course_model():
         ("model.layers.0.units", 0, r"model\.layers\.0\.units: Input should be greater than 0"),
         (
             "model.layers.0.type",
-            "conv2d",
-            r"model\.layers\.0: unknown layer type 'conv2d'; known: dense",
+            "conv3d",
+            r"model\.layers\.0: unknown layer type 'conv3d'; known: dense, activation, dropout, "
+            r"batch_normalization, conv1d, conv2d, .*, lstm, gru$",
         ),
         (
             "model.layers.0.activation",
@@ -98,7 +99,7 @@ def test_the_seed_model_is_the_course_model():
         ("compile.optimizer.learning_rate", "fast", r"learning_rate must be a number"),
         ("compile.metrics", ["accuracy", "acuracy"], r"compile\.metrics: unknown metric 'acuracy'"),
         ("model.input_shape", [2], r"model\.input_shape \[2\] does not fit the 4 feature"),
-        ("model.layers.1.units", 2, r"last dense layer has 2 unit\(s\) but data\.classes names 3"),
+        ("model.layers.1.units", 2, r"last layer has 2 unit\(s\) but data\.classes names 3"),
         ("data.validation_split", 1.5, r"data\.validation_split: Input should be less than 1"),
         ("data.source", "s3://bucket/x", r"data\.source: expected builtin:<name>, csv:<path>"),
         ("data.source", "builtin:mnist", r"data\.source: unknown builtin data set 'mnist'; known"),
