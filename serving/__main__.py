@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     )
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port (default: off)")
     p.add_argument(
         "--workers", help="worker processes, or auto: one per CPU (default 1)", metavar="N|auto"
     )

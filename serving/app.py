@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
@@ -30,6 +30,9 @@ from serving.repository import ModelRepository
 from serving.settings import Settings
 from serving.shared_metrics import SharedMetrics
 from serving.supervisor import stop_with_supervisor
+
+if TYPE_CHECKING:
+    from serving.grpc import GrpcServer
 
 log = logging.getLogger("serving")
 
@@ -59,10 +62,13 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
     )
     collector = ServerCollector() if tune_gc else None
     plane = DataPlane(repository, settings, metrics, collector)
+    grpc_server = _grpc_server(plane, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         plane.start()
+        if grpc_server is not None:
+            await grpc_server.start()
         if collector is not None:
             collector.start()
         loading = None if plane.loaded else asyncio.create_task(asyncio.to_thread(plane.load_all))
@@ -75,6 +81,8 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
             yield
         finally:
             plane.stopping = True
+            if grpc_server is not None:  # after HTTP drained: gRPC calls in flight finish too
+                await grpc_server.stop()
             if loading is not None:
                 await loading
             plane.close()
@@ -117,6 +125,15 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
     app.hot_stack = HotStack(metrics, settings.max_body_bytes, key)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
+
+
+def _grpc_server(plane: DataPlane, settings: Settings) -> GrpcServer | None:
+    """The gRPC service over the same data plane, with `grpc_port` set."""
+    if settings.grpc_port is None:
+        return None
+    from serving.grpc import GrpcServer  # grpcio is imported only where gRPC is on
+
+    return GrpcServer(plane, settings)
 
 
 def create_app_from_env() -> ServingApp:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     """Address to bind; `0.0.0.0` in a container."""
     port: int = Field(default=8080, ge=1, le=65535)
+    grpc_port: int | None = Field(default=None, ge=1, le=65535)
+    """Also serve the Open Inference Protocol over gRPC on this port (same host, same models);
+    off unless set."""
     workers: int = Field(default=1, ge=1)
     """uvicorn worker processes, each with its own sessions; `auto`: one per CPU this container
     may use (the measured best for throughput, at the cost of a copy of every model each)."""

@@ -7,10 +7,12 @@ atomically; requests in flight finish on the old sessions.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from serving.dataplane import DataPlane
 from serving.errors import BadRequest
 from serving.protocol import ERRORS, dataplane
 from serving.protocol.codec import parse_json
@@ -23,8 +25,13 @@ router = APIRouter(tags=["model repository extension"], responses=ERRORS)
 async def index(request: Request) -> JSONResponse:
     body = await request.body()
     only_ready = bool(body.strip()) and bool(_object(body).get("ready", False))
+    return JSONResponse(index_rows(dataplane(request), only_ready))
+
+
+def index_rows(plane: DataPlane, only_ready: bool) -> list[dict[str, str]]:
+    """The repository index, as HTTP and gRPC answer it."""
     rows = []
-    for entry in dataplane(request).repository.entries():
+    for entry in plane.repository.entries():
         if not entry.versions:
             rows.append({"name": entry.name, "state": "UNAVAILABLE", "reason": entry.reason})
         for state in entry.versions.values():
@@ -36,25 +43,29 @@ async def index(request: Request) -> JSONResponse:
                     "reason": state.reason,
                 }
             )
-    return JSONResponse([r for r in rows if r["state"] == "READY" or not only_ready])
+    return [r for r in rows if r["state"] == "READY" or not only_ready]
 
 
 @router.post("/v2/repository/models/{name}/load", response_model=RepositoryActionResponse)
 async def load(request: Request, name: str) -> JSONResponse:
     body = await request.body()
     parameters = (_object(body).get("parameters") or {}) if body.strip() else {}
+    await load_model(dataplane(request), name, parameters)
+    return JSONResponse({"name": name, "load": True})
+
+
+async def load_model(plane: DataPlane, name: str, parameters: Iterable[str]) -> None:
+    """(Re)load a model by name (HTTP and gRPC); `parameters` are the request's keys."""
     if any(key == "config" or key.startswith("file:") for key in parameters):
         raise BadRequest(
             "loading with an override config or files is not supported; "
             "put the bundle in the repository and load it by name"
         )
-    plane = dataplane(request)
     entry = await asyncio.to_thread(plane.load, name)
     if entry.default_version is None:
         raise BadRequest(
             f"model {name!r} failed to load: {plane.repository.describe_failure(entry)}"
         )
-    return JSONResponse({"name": name, "load": True})
 
 
 @router.post("/v2/repository/models/{name}/unload", response_model=RepositoryActionResponse)
