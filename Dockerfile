@@ -4,7 +4,8 @@
 #   docker build --target serve-gpu -t onnx-bundle-serving:gpu .   # CUDA service
 #   docker build --target batch -t onnx-bundle-batch .             # Spark job (spark.kubernetes.container.image)
 #   docker build --target train -t onnx-bundle-training .          # training Job
-# The service image holds only the `serve` extra: onnxruntime, FastAPI, uvicorn. No torch, no Spark.
+# The service image holds only the `serve` extra: onnxruntime, FastAPI, uvicorn, grpcio. No torch,
+# no Spark. It serves HTTP on 8080 and gRPC on 8081 (the Open Inference Protocol on both).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -36,9 +37,10 @@ RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 COPY --chown=app:app models/ models/
 USER 10001
 EXPOSE 8080
+EXPOSE 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=2).status != 200)"]
-CMD ["python", "-m", "serving", "--repo", "models", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["python", "-m", "serving", "--repo", "models", "--host", "0.0.0.0", "--port", "8080", "--grpc-port", "8081"]
 
 # ---- serve-gpu: the same service on CUDA (onnxruntime-gpu instead of onnxruntime). The `gpu`
 # extra brings CUDA 13 and cuDNN as NVIDIA's wheels, so no CUDA base image is needed: the host's
@@ -61,9 +63,10 @@ RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 COPY --chown=app:app models/ models/
 USER 10001
 EXPOSE 8080
+EXPOSE 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=2).status != 200)"]
-CMD ["python", "-m", "serving", "--repo", "models", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["python", "-m", "serving", "--repo", "models", "--host", "0.0.0.0", "--port", "8080", "--grpc-port", "8081"]
 
 # ---- batch: Java 17 + the `batch` extra, for spark-submit and spark.kubernetes.container.image
 FROM ${PYTHON_IMAGE} AS batch

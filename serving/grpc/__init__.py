@@ -40,7 +40,7 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", int(settings.workers > 1 and settings.reuse_port)),
+                ("grpc.so_reuseport", int(settings.workers > 1)),  # every worker binds it
             ]
         )
         key = settings.api_key.get_secret_value() if settings.api_key is not None else None

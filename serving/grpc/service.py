@@ -43,6 +43,7 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+SHARED_MEMORY = "the shared-memory extension", "send tensors in the request"
 UNAUTHORIZED = (
     "missing or wrong API key: send 'authorization: Bearer <key>' or 'x-api-key: <key>' metadata"
 )
@@ -136,15 +137,41 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         return await self._answer(context, "RepositoryModelUnload", work)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Context) -> Any:  # noqa: N802
-        await _unimplemented(context, "streaming inference (ModelStreamInfer); call ModelInfer")
+        await _unimplemented(context, "streaming inference (ModelStreamInfer)", "call ModelInfer")
 
     async def ModelConfig(self, request: Any, context: Context) -> Any:  # noqa: N802
         await _unimplemented(
-            context, "the model configuration extension (ModelConfig); read ModelMetadata"
+            context, "the model configuration extension (ModelConfig)", "read ModelMetadata"
         )
 
     async def ModelStatistics(self, request: Any, context: Context) -> Any:  # noqa: N802
-        await _unimplemented(context, "the statistics extension (ModelStatistics); read /metrics")
+        await _unimplemented(
+            context, "the statistics extension (ModelStatistics)", "read /metrics over HTTP"
+        )
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, *SHARED_MEMORY)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, *SHARED_MEMORY)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, *SHARED_MEMORY)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, *SHARED_MEMORY)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, *SHARED_MEMORY)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, *SHARED_MEMORY)
+
+    async def TraceSetting(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, "the trace extension (TraceSetting)")
+
+    async def LogSettings(self, request: Any, context: Context) -> Any:  # noqa: N802
+        await _unimplemented(context, "the logging extension (LogSettings)", "set --log-level")
 
     async def _answer(
         self, context: Context, method: str, work: Callable[[Call], Awaitable[T]]
@@ -197,7 +224,6 @@ def _tensor(info: Any) -> Any:
     )
 
 
-async def _unimplemented(context: Context, what: str) -> None:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"this server does not implement {what} over gRPC"
-    )
+async def _unimplemented(context: Context, what: str, instead: str = "") -> None:
+    message = f"{what} is not implemented by this server" + (f"; {instead}" if instead else "")
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)

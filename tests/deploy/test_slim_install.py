@@ -47,6 +47,8 @@ def test_serve_extra_alone_starts_the_service(tmp_path: Path):
         "127.0.0.1",
         "--port",
         str(port),
+        "--grpc-port",  # as the image runs it: grpcio comes with the extra
+        str(free_port()),
     ]
     process = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

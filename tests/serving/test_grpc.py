@@ -5,6 +5,7 @@ answer, and errors carry HTTP's messages under the matching gRPC status codes.""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -324,7 +325,18 @@ def test_extensions_not_served_are_unimplemented_with_a_reason(client):  # type:
     with pytest.raises(InferenceServerException) as raised:
         client.get_model_config("side_effects")
     assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert "model configuration extension" in raised.value.message()
+    assert (
+        "model configuration extension (ModelConfig) is not implemented" in raised.value.message()
+    )
+    for call, words in [
+        (lambda: client.get_inference_statistics("side_effects"), "statistics extension"),
+        (client.get_system_shared_memory_status, "shared-memory extension"),
+        (client.get_trace_settings, "trace extension"),
+    ]:
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
+        assert words in raised.value.message()
 
 
 def test_repository_index_unload_and_load(client, http):  # type: ignore[no-untyped-def]
@@ -398,3 +410,37 @@ def test_serving_with_grpc_imports_no_torch():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("stage", ["serve-base", "serve-gpu"])
+def test_the_image_and_the_manifests_expose_the_grpc_port(stage: str):
+    from dockerfile_parse import DockerfileParser
+
+    from tests.deploy.test_dockerfile import stages
+    from tests.deploy.test_manifests import find, render
+
+    parsed = stages(DockerfileParser(path=str(REPO / "Dockerfile")).structure)[stage]
+    command = json.loads(next(i["value"] for i in parsed if i["instruction"] == "CMD"))
+    port = command[command.index("--grpc-port") + 1]
+    assert port in [i["value"] for i in parsed if i["instruction"] == "EXPOSE"]
+    docs = render("overlays/cpu")
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    grpc_port = next(p for p in container["ports"] if p["name"] == "grpc")
+    assert str(grpc_port["containerPort"]) == port
+    service = next(p for p in find(docs, "Service")["spec"]["ports"] if p["name"] == "grpc")
+    assert service["targetPort"] == "grpc"
+
+
+def test_every_worker_serves_grpc(repo: Path):
+    """With --workers 2 each worker binds the gRPC port too (SO_REUSEPORT)."""
+    port = free_port()
+    server = Server("--repo", str(repo), "--workers", "2", "--grpc-port", str(port)).wait_ready()
+    try:
+        for _ in range(4):  # new connections, spread by the kernel
+            client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+            result = client.infer("side_effects", inputs(tg, CASES["side_effects"]()))
+            assert result.as_numpy("class_index").shape == (3,)
+            client.close()
+    finally:
+        output = server.output()
+    assert output.count("over gRPC on 127.0.0.1") == 2, output
