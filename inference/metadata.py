@@ -116,6 +116,9 @@ class Provenance(_Strict):
     """Data-parallel training: processes, backend, batch sizes."""
     search: dict[str, Any] | None = None
     """Hyperparameter search: the winning trial's params, the method, metric and leaderboard."""
+    base: dict[str, Any] | None = None
+    """Transfer learning: the base model's name, version and sha256, where it was cut, whether
+    its layers were trained further."""
 
 
 class BundleMetadata(_Strict):

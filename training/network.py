@@ -267,6 +267,22 @@ class Sequential(nn.Module):
         ]
         by_name = dict(zip(spec.layer_names, shapes, strict=True))
         self.hidden_shapes = {name: by_name[name] for name in self.hidden_names}
+        self.frozen: set[str] = set()
+        """Blocks that do not learn (a base model's, `trainable: false`)."""
+
+    def freeze(self, names: set[str]) -> None:
+        """Keras's `trainable = False`: no weight changes, and batch normalization keeps its
+        moving statistics and uses them, in training as in inference."""
+        self.frozen = set(names)
+        for name in names:
+            self.blocks[name].requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Sequential:
+        super().train(mode)
+        for name in self.frozen:
+            self.blocks[name].eval()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_hidden(x, keep=False)[0]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inference.yaml_files import YamlError, load_yaml
-from training import layer_specs, losses, metrics, optimizers
+from training import base_model, layer_specs, losses, metrics, optimizers
 from training.layer_specs import EmbeddingSpec, LayerError, LayerSpec, Shape
 from training.search_spec import SearchSpec
 from training.sections import Section, describe
@@ -71,9 +71,22 @@ RESERVED_NAMES = frozenset({"features", "scores", "class_index", "predictions", 
 outputs must not shadow."""
 
 
+class BaseSpec(Section):
+    """Transfer learning (`training.base_model`): a trained model's layers up to `until`."""
+
+    model: str
+    """A model folder, relative to this model.yaml."""
+    version: int | None = Field(default=None, ge=1)
+    """The base's version; its latest by default."""
+    until: str
+    """The last layer taken, by the name `--summary` shows."""
+    trainable: bool = False
+
+
 class NetworkSpec(Section):
     input_shape: list[int] | None = None
     layers: list[LayerSpec] = Field(min_length=1)
+    base: BaseSpec | None = None
 
     @model_validator(mode="after")
     def _shapes(self) -> NetworkSpec:
@@ -107,6 +120,14 @@ class NetworkSpec(Section):
     @property
     def resolved_input_shape(self) -> list[int] | None:
         return self.input_shape or self.layers[0].input_shape
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """The base model's layers when they do not learn (`base.trainable: false`)."""
+        if self.base is None or self.base.trainable:
+            return []
+        names = self.layer_names
+        return names[: names.index(self.base.until) + 1]
 
     def input_shape_for(self, n_features: int) -> Shape:
         """The shape of one row: the spec's input_shape, or a vector of the features."""
@@ -305,6 +326,10 @@ def load_spec(path: str | Path) -> tuple[Spec, Path]:
         raise SpecError(str(e)) from None
     if not isinstance(raw, dict):
         raise SpecError(f"{file}: expected a mapping of sections (name, data, model, ...)")
+    try:
+        raw = base_model.splice(raw, file)  # a base model's layers before this spec's own
+    except ValueError as e:
+        raise SpecError(f"{file}: {e}") from None
     try:
         return Spec.model_validate(raw), file
     except ValidationError as e:

@@ -40,8 +40,10 @@ def summary(spec: Spec) -> str:
     network = spec.network
     shape = network.input_shape_for(len(spec.data.features))
     cells, total, trainable = [], 0, 0
+    frozen = set(network.frozen_layers)
     for name, layer in zip(network.layer_names, network.layers, strict=True):
         count, learned = layer.parameters(shape), layer.trainable_parameters(shape)
+        learned = 0 if name in frozen else learned
         shape = layer.output_shape(shape)
         cells.append((f"{name} ({KERAS_CLASSES[layer.type]})", _shape(shape), f"{count:,}"))
         total, trainable = total + count, trainable + learned

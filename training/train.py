@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from training import base_model, losses
 from training import data as datasets
-from training import losses
-from training.export import ServingGraph, export_bundle
+from training.export import ServingGraph, export_bundle, first_line
 from training.fit import Batches, History, Shard, Trainer
 from training.layer_specs import EmbeddingSpec
 from training.network import Sequential
@@ -148,6 +148,8 @@ def fit(
     scaler = Scaler.fit(spec.preprocessing.scale, run.train_set.features)
     torch.manual_seed(run.seed)  # the same initial weights on every run and every rank
     network = Sequential(spec.network, run.train_set.features.shape[1])
+    if spec.network.base is not None:
+        scaler = start_from_base(spec, run.spec_file, network)
     model: nn.Module = nn.Sequential(scaler, network)  # what is trained is what is exported
     units = network.out_features
     _check_classes(spec, run.spec_file, run.classes, units)
@@ -174,6 +176,35 @@ def fit(
         _batches(run.train_set, spec, units, device), _batches(run.val_set, spec, units, device)
     )
     return Fitted(network.cpu(), scaler.cpu(), history)
+
+
+def start_from_base(spec: Spec, spec_file: Path, network: Sequential) -> Scaler:
+    """Load the base model's trained layers into `network` (frozen unless `trainable`), and
+    return the base's scaler, which the data must go through (see `training.base_model`)."""
+    given = spec.network.base
+    assert given is not None
+    try:
+        base = base_model.resolve(given.model_dump(exclude_none=True), spec_file)
+    except ValueError as e:  # the base changed since the spec was read
+        raise SpecError(f"{spec_file}: {e}") from None
+    with np.load(base.folder / base_model.WEIGHTS_FILE, allow_pickle=False) as stored:
+        state = {key: stored[key] for key in stored.files}
+    names = {str(layer["name"]) for layer in base.layers}
+    wanted = [key for key in network.state_dict() if key.split(".")[1] in names]
+    missing = [key for key in wanted if f"network.{key}" not in state]
+    if missing:
+        raise SpecError(
+            f"{spec_file}: model.base: {base.folder / base_model.WEIGHTS_FILE} has no "
+            f"{missing[0]!r}; retrain the base"
+        )
+    try:
+        network.load_state_dict(
+            {key: torch.as_tensor(state[f"network.{key}"]) for key in wanted}, strict=False
+        )
+    except RuntimeError as e:  # a weight of another shape
+        raise SpecError(f"{spec_file}: model.base: {first_line(e)}") from None
+    network.freeze(set(spec.network.frozen_layers))
+    return Scaler(base.scale, state["scaler.offset"], state["scaler.scale"])  # type: ignore[arg-type]
 
 
 def rebuild(run: Run, state: Mapping[str, np.ndarray], history: History) -> Fitted:
@@ -211,6 +242,8 @@ def export(
 
     def write_files(plot_path: Path) -> None:  # called with the staging folder's training.png
         plot_history(history.columns, plot_path, spec.name)
+        weights = {key: value.cpu().numpy() for key, value in graph.state_dict().items()}
+        np.savez(plot_path.parent / base_model.WEIGHTS_FILE, **weights)  # a base for others
         if extras is not None:
             extras(plot_path.parent)
 
@@ -232,11 +265,19 @@ def export(
             "rows": {"train": len(run.train_set), "validation": len(run.val_set)},
             "epochs_run": len(history.epochs),
             "duration_s": round(time.perf_counter() - started, 3),
+            **({"base": _base_provenance(spec, spec_file)} if spec.network.base else {}),
             **(provenance or {}),
         },
         plot=write_files,
     )
     return TrainResult(bundle, history, history.final)
+
+
+def _base_provenance(spec: Spec, spec_file: Path) -> dict[str, Any]:
+    given = spec.network.base
+    assert given is not None
+    base = base_model.resolve(given.model_dump(exclude_none=True), spec_file)
+    return base.provenance(given.until, given.trainable)
 
 
 def targets(labels: np.ndarray, spec: Spec, units: int) -> Tensor:

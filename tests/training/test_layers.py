@@ -6,6 +6,7 @@ built from them, and through real training, export and onnxruntime parity."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -407,4 +408,123 @@ def test_token_ids_must_fit_the_embedding(tmp_path: Path):
         train(write(tmp_path, "m", spec))
     spec["preprocessing"] = {"scale": "standard"}
     with pytest.raises(SpecError, match=r"preprocessing\.scale would scale the token ids"):
+        train(write(tmp_path, "m", spec))
+
+
+@pytest.fixture(scope="module")
+def digits_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained digits CNN (the base of the transfer-learning tests), and parity data."""
+    root = tmp_path_factory.mktemp("transfer")
+    spec = {**DIGITS_CNN, "fit": {"batch_size": 32, "epochs": 8, "verbose": 0}}
+    train(write(root, "digits", spec))
+    images = np.loadtxt(DIGITS_CSV, delimiter=",")
+    folder = root / "parity"
+    folder.mkdir()
+    table = pa.table(
+        {
+            "image": pa.array((images[:, :64] / 16.0).tolist()),
+            "parity": np.where(images[:, 64] % 2 == 1, "odd", "even"),
+        }
+    )
+    pq.write_table(table, folder / "images.parquet")
+    return root
+
+
+def transfer_spec(trainable: bool, until: str = "flatten") -> dict[str, Any]:
+    return {
+        "name": "parity",
+        "data": {
+            "source": "parquet:images.parquet",
+            "features": ["image"],
+            "label": "parity",
+            "validation_split": 0.2,
+        },
+        "model": {
+            "base": {"model": "../digits", "until": until, "trainable": trainable},
+            "layers": [{"type": "dense", "units": 2, "activation": "softmax"}],
+        },
+        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy"},
+        "fit": {"epochs": 4, "verbose": 0},
+    }
+
+
+def stored(bundle: Path) -> dict[str, np.ndarray]:
+    with np.load(bundle / "weights.npz") as weights:
+        return {key: weights[key] for key in weights.files}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainable", [False, True])
+def test_transfer_learning_starts_from_the_base_s_weights(
+    digits_base: Path, trainable: bool, capsys: pytest.CaptureFixture[str]
+):
+    folder = write(digits_base, "parity", transfer_spec(trainable))
+    base_bundle = digits_base / "digits" / "1"
+    assert main([str(folder), "--summary"]) == 0
+    totals = capsys.readouterr().out.splitlines()[-4:-1]
+    assert totals == (
+        ["Total params: 5,122", "Trainable params: 5,090", "Non-trainable params: 32"]
+        if trainable
+        else ["Total params: 5,122", "Trainable params: 258", "Non-trainable params: 4,864"]
+    )
+    result = train(folder)
+    base, new = stored(base_bundle), stored(result.bundle)
+    blocks = {"conv2d", "batch_normalization", "conv2d_1"}
+    taken = [k for k in base if k.startswith("network.") and k.split(".")[2] in blocks]
+    assert len(taken) == 9  # two convolutions' kernels and biases; the normalization's scale,
+    # offset, moving mean and variance, and count of batches seen
+    same = [np.array_equal(base[k], new[k]) for k in taken]
+    assert all(same) if not trainable else not all(same)
+    assert np.array_equal(base["scaler.offset"], new["scaler.offset"])
+    metadata = inference.load(result.bundle).metadata
+    assert metadata.provenance is not None and metadata.provenance.base == {
+        "model": "digits",
+        "version": 1,
+        "sha256": inference.load(base_bundle).metadata.onnx.sha256,  # type: ignore[union-attr]
+        "until": "flatten",
+        "trainable": trainable,
+    }
+    assert result.metrics["val_loss"] < 0.5
+    shutil.rmtree(result.bundle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda s: s["model"]["base"].update(until="flaten"),
+            r"model\.base\.until: 'flaten' is not a layer of digits; its layers: conv2d, "
+            r"batch_normalization, max_pooling2d, conv2d_1, flatten, dropout, dense$",
+        ),
+        (
+            lambda s: s["model"]["base"].update(model="../nowhere"),
+            r"model\.base\.model: \.\./nowhere: no trained model version there$",
+        ),
+        (
+            lambda s: s["model"]["base"].update(version=3),
+            r"model\.base\.version: \.\./digits has no version 3; it has 1$",
+        ),
+        (
+            lambda s: s["model"].update(input_shape=[64]),
+            r"model\.input_shape: the base model's input shape is used; remove it$",
+        ),
+        (
+            lambda s: s.update(preprocessing={"scale": "minmax"}),
+            r"preprocessing\.scale: the base model's scaling \(none\) is used",
+        ),
+    ],
+)
+def test_a_wrong_base_is_one_line(digits_base: Path, edit: Any, message: str):
+    spec = transfer_spec(False)
+    edit(spec)
+    with pytest.raises(SpecError, match=message):
+        train(write(digits_base, "wrong", spec))
+
+
+def test_a_base_without_weights_says_to_retrain_it(tmp_path: Path):
+    shutil.copytree(Path(__file__).parents[2] / "models" / "iris", tmp_path / "iris")
+    spec = transfer_spec(False, until="dense")
+    spec["model"]["base"]["model"] = "../iris"
+    with pytest.raises(SpecError, match=r"was not trained from a spec by this version of the "):
         train(write(tmp_path, "m", spec))

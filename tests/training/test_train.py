@@ -39,6 +39,7 @@ def test_side_effects_reaches_the_course_accuracy(tmp_path: Path):
         "model.onnx",
         "metadata.json",
         "training.png",
+        "weights.npz",  # what a transfer-learning spec starts from
     }
     metadata = json.loads((result.bundle / "metadata.json").read_text())
     assert metadata["metrics"] == result.metrics
