@@ -270,6 +270,12 @@ def test_an_lstm_learns_a_sequence_task_from_parquet_lists(tmp_path: Path):
             },
             {"type": "average_pooling2d", "pool_size": 3, "padding": "same"},
             {"type": "batch_normalization"},
+            {"type": "global_max_pooling2d"},
+        ],
+        [
+            {"type": "reshape", "target_shape": [8, 8, 1]},
+            {"type": "max_pooling2d", "pool_size": 3, "padding": "same"},
+            {"type": "activation", "activation": "relu"},
             {"type": "global_average_pooling2d"},
         ],
         [
@@ -279,7 +285,7 @@ def test_an_lstm_learns_a_sequence_task_from_parquet_lists(tmp_path: Path):
             {"type": "global_average_pooling1d"},
         ],
     ],
-    ids=["sequence", "image", "dilated"],
+    ids=["sequence", "image", "pooled", "dilated"],
 )
 def test_every_layer_exports_with_parity(layers: list[dict[str, Any]], tmp_path: Path):
     """Two epochs and an export: the export's own check compares onnxruntime with torch on
