@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench-serving bench-serving-ab bench-instructions bench-batch bench-training clean
+.PHONY: run test lint typecheck pytest bench-serving bench-serving-ab bench-instructions bench-grpc bench-batch bench-training clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-serving-ab: $(VENV)/.installed-test
 # Instructions per request in the app (needs valgrind): for changes too small for wall time.
 bench-instructions: $(VENV)/.installed-test
 	$(BIN)/python bench/instructions.py
+
+# gRPC against HTTP v2 on one server (tabular model, one row per request).
+bench-grpc: $(VENV)/.installed-test
+	$(BIN)/python bench/grpc_bench.py
 
 bench-batch: $(VENV)/.installed-test
 	$(BIN)/python bench/batch_bench.py
