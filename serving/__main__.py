@@ -96,6 +96,19 @@ def check(settings: Settings) -> None:
         )
     if settings.metrics_dir is not None and settings.workers == 1:
         shared_metrics.prepare(settings.metrics_dir)
+    if settings.grpc_port is not None:
+        check_grpc_port(settings.host, settings.grpc_port)
+
+
+def check_grpc_port(host: str, port: int) -> None:
+    """A gRPC port in use is one line before any model loads, as the HTTP port is (grpcio's
+    own bind fails later, inside the app's startup)."""
+    try:
+        listener.bind(host, port, reuse_port=False).close()
+    except OSError as e:
+        where = listener.address(host, port)
+        hint = "; stop what holds it, or pass another --grpc-port"
+        raise ValueError(f"cannot listen for gRPC on {where}: {e.strerror or e}{hint}") from e
 
 
 def export_to_env(settings: Settings) -> None:

@@ -396,8 +396,11 @@ def test_a_grpc_port_in_use_stops_the_start(repo: Path):
         server = Server("--repo", str(repo), "--grpc-port", str(port))
         code = server.process.wait(60)
         output = server.output()
-    assert code != 0
-    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in output
+    assert code == 2, output
+    assert output.strip() == (
+        f"error: cannot listen for gRPC on 127.0.0.1:{port}: Address already in use; "
+        "stop what holds it, or pass another --grpc-port"
+    )
 
 
 def test_serving_with_grpc_imports_no_torch():
