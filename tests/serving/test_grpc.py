@@ -33,6 +33,13 @@ from tests.serving.conftest import Server, free_port
 DATATYPES = {np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}
 TYPED = {k: v for k, v in byom.DTYPES.items() if k != "f16"}
 """Every datatype that a typed `contents` field can hold (FP16 travels raw only)."""
+CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}  # fmt: skip
+"""Where the spec (`InferTensorContents`) puts each datatype's values."""
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +204,6 @@ def test_every_tensor_type_round_trips_raw(client):  # type: ignore[no-untyped-d
 
 
 def typed_request(model: str, feeds: dict[str, np.ndarray], datatypes: dict[str, str]) -> Any:
-    from serving.grpc.codec import CONTENTS
-
     request = pb.ModelInferRequest(model_name=model, id="typed")
     for key, array in feeds.items():
         tensor = request.inputs.add(name=key, datatype=datatypes[key], shape=array.shape)
@@ -210,7 +215,6 @@ def typed_request(model: str, feeds: dict[str, np.ndarray], datatypes: dict[str,
 
 
 def from_contents(tensor: Any) -> np.ndarray:
-    from serving.grpc.codec import CONTENTS
     from serving.protocol.codec import DTYPES
 
     values = list(getattr(tensor.contents, CONTENTS[tensor.datatype]))
