@@ -14,6 +14,7 @@ loads it, at each concurrency, with the same request three ways, the order turni
 - `grpc-py`: `ModelInfer` with `raw_input_contents` (tritonclient's default) from grpc.aio on
   one channel, N calls in flight, messages serialized once (bytes in, bytes out).
 
+`--idle` measures instead what gRPC on but idle costs HTTP v2 (the image turns it on).
 Tables show medians over rounds; `--write` puts them in the serving-grpc section of
 bench/RESULTS.md.
 """
@@ -50,14 +51,17 @@ def pinning() -> tuple[list[str], set[int] | None]:
     return ["taskset", "-c", str(cpus[0])], set(cpus[1:])
 
 
-def start_server(prefix: list[str], http_port: int, grpc_port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    prefix: list[str], http_port: int, grpc_port: int | None
+) -> subprocess.Popen[bytes]:
     import httpx
 
     command = [
         *prefix,
         *(sys.executable, "-m", "serving", "--repo", str(ROOT / "models")),
-        *("--models", "side_effects", "--port", str(http_port), "--grpc-port", str(grpc_port)),
+        *("--models", "side_effects", "--port", str(http_port)),
         *("--intra-op-threads", "1", "--log-level", "warning"),
+        *(("--grpc-port", str(grpc_port)) if grpc_port is not None else ()),
     ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -244,13 +248,47 @@ def table(
     return "\n".join(lines)
 
 
+def idle_cost(seconds: float, rounds: int, concurrency: int = 16) -> str:
+    """HTTP v2 (wrk) on a server with gRPC on but idle against one without, alternating."""
+    prefix, client_cpus = pinning()
+    if client_cpus is not None:
+        os.sched_setaffinity(0, client_cpus)
+    body, headers = v2_binary(ROW[0].tolist())
+    servers = {}
+    try:
+        for grpc_on in (False, True):
+            port = free_port()
+            servers[grpc_on] = port, start_server(prefix, port, free_port() if grpc_on else None)
+        rps: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(rounds):
+            for grpc_on in (False, True) if r % 2 == 0 else (True, False):
+                url = f"http://127.0.0.1:{servers[grpc_on][0]}/v2/models/side_effects/infer"
+                rps[grpc_on].append(wrk(url, body, headers, concurrency, seconds).rps)
+    finally:
+        for _, process in servers.values():
+            process.terminate()
+            process.wait(30)
+    off, on = (statistics.median(rps[k]) for k in (False, True))
+    return (
+        f"HTTP v2 (wrk, c={concurrency}, {rounds} alternating rounds of {seconds:g} s) with "
+        f"gRPC on and idle: {on:,.0f} req/s against {off:,.0f} without ({on / off:.2f}×). "
+        "Command: `.venv/bin/python bench/grpc_bench.py --idle`."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--idle", action="store_true", help="only: what an idle gRPC server costs HTTP"
+    )
     args = parser.parse_args()
+    if args.idle:
+        print(idle_cost(args.seconds, max(args.rounds, 4)))
+        return
     text = run(args.seconds, args.rounds, [int(c) for c in args.concurrency.split(",")])
     print(text)
     if args.write:
