@@ -125,7 +125,9 @@ def test_a_spec_with_an_alias_bomb_is_refused_at_once(iris_spec: Path):
 def test_a_settings_file_with_an_alias_bomb_is_refused(tmp_path: Path):
     file = tmp_path / "settings.yaml"
     file.write_text(BOMB)
-    with pytest.raises(ValueError, match=rf"^settings file {file}: expands to more than 10,000 values"):
+    with pytest.raises(
+        ValueError, match=rf"^settings file {file}: expands to more than 10,000 values"
+    ):
         Settings.load(settings_file=file)
 
 
