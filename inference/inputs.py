@@ -38,6 +38,10 @@ _MISSING = object()
 SCAN_MAX = 64
 """Up to this many values, looking at each in Python costs less than a numpy pass."""
 NESTED = (list, tuple)
+TEXT = frozenset({str, bytes})
+BOOLEAN = frozenset({bool})
+SHOWN = 40
+"""At most this many characters of a value are quoted in a message (and so in the log)."""
 
 
 def as_feature_matrix(
@@ -48,7 +52,7 @@ def as_feature_matrix(
     `may_hold_booleans=False` the search for true/false among numbers to one that knows there
     are none (a JSON body without the words `true` and `false`)."""
     try:
-        array = data if isinstance(data, np.ndarray) else np.asarray(data)
+        array = data if isinstance(data, np.ndarray) else as_array(data)
     except (ValueError, TypeError) as e:  # ragged rows
         raise InvalidInputError(f"features must be a regular 2-D batch of numbers: {e}") from e
     if array.size and array.dtype.kind not in "iuf":
@@ -86,7 +90,10 @@ def from_columns(columns: Mapping[str, Any], signature: InputInfo) -> np.ndarray
     unknown = [name for name in columns if name not in expected]
     if missing or unknown:
         raise InvalidInputError(_name_mismatch(missing, unknown, expected))
-    arrays = {name: np.asarray(columns[name]) for name in expected}
+    try:
+        arrays = {name: as_array(columns[name]) for name in expected}
+    except ValueError as e:
+        raise InvalidInputError(f"feature columns must be 1-D lists of numbers: {e}") from e
     lengths = {name: array.shape for name, array in arrays.items()}
     if len(set(lengths.values())) != 1 or len(lengths[expected[0]]) != 1:
         raise InvalidInputError(
@@ -117,15 +124,35 @@ def from_records(
     return as_feature_matrix(rows, signature, check=check, may_hold_booleans=may_hold_booleans)
 
 
+def as_array(data: Any) -> np.ndarray:
+    """`np.asarray` of nested lists, except that text makes an array of objects. numpy gives
+    every element of a text array the width of the longest one: one 1 MB string among 500
+    numbers asks for 2 GB, from a body of 1 MB. Objects cost a pointer each, so no request
+    allocates more than a small multiple of its size; a BYTES input takes them as they are,
+    and any other input refuses them by their type. Every conversion of nested lists (v1,
+    v2 JSON, in-process) comes through here. ValueError for ragged nesting, as numpy's."""
+    if type(data) not in NESTED or not _holds(data, TEXT):
+        return np.asarray(data)
+    array = np.array(data, dtype=object)
+    if any(type(value) in NESTED for value in array.flat):  # numpy keeps ragged rows as lists
+        raise ValueError("the nested lists are ragged (rows of different lengths or depths)")
+    return array
+
+
 def holds_booleans(data: Any) -> bool:
     """Whether nested lists hold true or false: numpy reads `[true, 2.5]` as `[1.0, 2.5]`
     without a trace, so the lists themselves are looked at."""
+    return _holds(data, BOOLEAN)
+
+
+def _holds(data: Any, wanted: frozenset[type]) -> bool:
+    """Whether nested lists hold a value of one of the `wanted` types."""
     if type(data) not in NESTED:
-        return type(data) is bool
+        return type(data) in wanted
     lists = [data]
     while lists:
         kinds = set(map(type, items := lists.pop()))
-        if bool in kinds:
+        if not kinds.isdisjoint(wanted):
             return True
         if not kinds.isdisjoint(NESTED):
             lists.extend(item for item in items if type(item) in NESTED)
@@ -165,16 +192,33 @@ def invalid_rows(matrix: np.ndarray) -> np.ndarray:
 
 def _describe(array: np.ndarray) -> str:
     """What a non-numeric array holds, for the error message."""
-    if array.dtype.kind in "US":
-        texts = [str(v) for v in array.flat]
-        odd = next((t for t in texts if not _is_number(t)), None)
-        return f"text such as {odd!r}" if odd else f"quoted numbers such as {texts[0]!r}"
+    if array.dtype.kind in "US" or (array.dtype.kind == "O" and _all_text(array)):
+        texts = (str(v) for v in array.flat)
+        first = odd = None
+        for text in texts:
+            first = text if first is None else first
+            if not _is_number(text):
+                odd = text
+                break
+        return f"text such as {shown(odd)}" if odd else f"quoted numbers such as {shown(first)}"
     if array.dtype.kind == "b":
         return "true/false values"
     if array.dtype.kind == "O":
         odd = next((v for v in array.flat if not isinstance(v, int | float)), None)
-        return "null (a missing value)" if odd is None else f"{type(odd).__name__} {odd!r}"
+        kind = "text" if type(odd) in TEXT else type(odd).__name__
+        return "null (a missing value)" if odd is None else f"{kind} {shown(odd)}"
     return f"values of type {array.dtype}"
+
+
+def _all_text(array: np.ndarray) -> bool:
+    return all(type(v) in TEXT for v in array.flat)
+
+
+def shown(value: Any) -> str:
+    """A value's repr for a message, cut to `SHOWN` characters: a message (and the log line
+    that records it) never grows with what a client sent."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[: SHOWN - 1]}…"
 
 
 def _is_number(text: str) -> bool:
@@ -326,7 +370,7 @@ def _converted(value: Any, info: InputInfo) -> np.ndarray:
         same: np.ndarray = value
         return same
     try:
-        array = value if typed else np.asarray(value)
+        array = value if typed else as_array(value)
     except (ValueError, TypeError) as e:  # ragged nesting
         raise InvalidInputError(f"input {info.name!r}: not a regular array: {e}") from e
     wrong = _wrong_values(array, info.datatype)

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from inference.errors import describe_problems
-from inference.inputs import holds_booleans
+from inference.inputs import as_array, holds_booleans, shown
 from inference.metadata import BundleMetadata, InputInfo
 from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from serving.schemas import InferenceRequest, RequestInput
@@ -130,6 +130,13 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
         raise BadRequest(f"the body is not valid {encoding} data: {e}") from e
     if len(data) > limit:
         raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise BadRequest(f"the body is not valid {encoding} data: it ends before its end mark")
+    if inflater.unused_data:
+        raise BadRequest(
+            f"the body is not valid {encoding} data: {len(inflater.unused_data)} bytes follow "
+            "its end"
+        )
     return data
 
 
@@ -362,12 +369,20 @@ def _wrong_kind(
     """What JSON data holds that its datatype does not take, in the error message's words."""
     if not values.size:
         return None
+    if values.dtype.kind == "O" and "O" not in kinds:
+        odd = next((v for v in values.flat if type(v) not in (int, float)), values)
+        if odd is values:
+            return "integers too large for any numeric type"
+        return "null" if odd is None else f"{_JSON_NAMES.get(type(odd), 'value')} {shown(odd)}"
     if values.dtype.kind not in kinds:
-        kind = {"U": "strings", "O": "mixed values or null", "b": "booleans", "f": "fractions"}
+        kind = {"U": "strings", "b": "booleans", "f": "fractions"}
         return kind.get(values.dtype.kind, values.dtype.name)
     if values.dtype.kind != "b" and may_hold_booleans and holds_booleans(data):
         return "true/false among them"
     return None
+
+
+_JSON_NAMES = {str: "string", bool: "boolean", dict: "object", list: "list"}
 
 
 class OutOfRange(Exception):
@@ -381,8 +396,9 @@ class OutOfRange(Exception):
 def _json_array(data: list[Any], dtype: np.dtype[Any]) -> np.ndarray:
     """JSON `data` as numpy reads it, but integers for an integer datatype are checked against
     its range (a cast would wrap them round: 256 → 0 in UINT8) and read exactly (numpy alone
-    reads `[1, 2**64 - 1]` as float64)."""
-    values = np.asarray(data)
+    reads `[1, 2**64 - 1]` as float64). Text makes objects (`as_array`), never numpy's
+    fixed-width strings."""
+    values = as_array(data)
     if dtype.kind not in "iu" or not values.size or np.can_cast(values.dtype, dtype):
         return values
     info = np.iinfo(dtype)
