@@ -217,12 +217,26 @@ def scoring_spec(
 
 
 def ship(spark: SparkSession, bundle_dir: Path, sha256: str) -> str:
-    """Send the bundle folder to every executor once (`SparkFiles`), under a unique name."""
-    key = (spark.sparkContext.applicationId, sha256)
+    """Send the bundle folder to every executor once, under a unique name that `SparkFiles.get`
+    finds there: with `SparkContext.addFile` on a classic session, and as an archive through
+    `addArtifacts` on a Spark Connect session (which has no SparkContext; the executors
+    unpack it into a folder of the archive's name)."""
+    remote = is_connect(spark)
+    key = (spark.session_id if remote else spark.sparkContext.applicationId, sha256)  # type: ignore[attr-defined]
     if key not in _SHIPPED:
         name = f"bundle-{sha256[:16]}"
         staging = Path(tempfile.mkdtemp(prefix="bundle-ship-")) / name
-        shutil.copytree(bundle_dir, staging, ignore=shutil.ignore_patterns("*.png"))
-        spark.sparkContext.addFile(str(staging), recursive=True)
+        shutil.copytree(bundle_dir, staging, ignore=shutil.ignore_patterns("*.png", "*.npz"))
+        if remote:
+            archive = shutil.make_archive(str(staging), "zip", staging)
+            spark.addArtifacts(archive, archive=True)
+            name = Path(archive).name
+        else:
+            spark.sparkContext.addFile(str(staging), recursive=True)
         _SHIPPED[key] = name
     return _SHIPPED[key]
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """A Spark Connect session (a client of a remote server) rather than a classic one."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")

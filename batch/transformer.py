@@ -12,16 +12,22 @@ writer does; the bundle itself stays where it is and is verified again when the 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLWriter,
+)
 from pyspark.sql import DataFrame
 
 from batch.model_spec import parse_column_map
-from batch.scoring import score_dataframe
+from batch.scoring import is_connect, score_dataframe
 
 
 def to_column_map(value: Any) -> dict[str, str]:
@@ -91,6 +97,9 @@ class BundleTransformer(
         result: BundleTransformer = self._set(**self._input_kwargs)
         return result
 
+    def write(self) -> MLWriter:
+        return _Writer(self)
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         if not self.isDefined(self.modelPath):
             raise ValueError("BundleTransformer needs modelPath")
@@ -105,3 +114,31 @@ class BundleTransformer(
             features_column=features,
             input_columns=self.getOrDefault(self.inputColumns) or None,
         )
+
+
+class _Writer(DefaultParamsWriter):
+    """pyspark's writer has the JVM clear the folder for `overwrite()`, and a Spark Connect
+    session has no JVM of its own: there the folder is removed through pyarrow's file systems
+    (local, s3://, gs://, hdfs://) before the save."""
+
+    def save(self, path: str) -> None:
+        if self.shouldOverwrite and is_connect(self.sparkSession):
+            _remove(path)
+            self.saveImpl(path)
+        else:
+            super().save(path)
+
+
+def _remove(path: str) -> None:
+    from pyarrow import fs
+
+    system, inner = (
+        fs.FileSystem.from_uri(path)
+        if "://" in path
+        else (fs.LocalFileSystem(), os.path.abspath(path))
+    )
+    kind = system.get_file_info(inner).type
+    if kind == fs.FileType.Directory:
+        system.delete_dir(inner)
+    elif kind == fs.FileType.File:
+        system.delete_file(inner)
