@@ -83,6 +83,9 @@ def resolve_bundle_dir(path: str | Path, version: int | None = None) -> Path:
 def read_overlay(bundle_dir: Path) -> dict[str, Any]:
     """`metadata.json` as a JSON object; empty where the folder has none."""
     file = bundle_dir / METADATA_FILE
+    if not file.is_file():
+        return {}
+    inside(file, bundle_dir)
     try:
         overlay = json.loads(file.read_text())
     except FileNotFoundError:
@@ -106,7 +109,20 @@ def onnx_path(bundle_dir: Path, overlay: dict[str, Any]) -> Path:
     file = bundle_dir / name
     if not file.is_file():
         raise BundleError(f"{file}: missing")
+    inside(file, bundle_dir)
     return file
+
+
+def inside(file: Path, bundle_dir: Path) -> None:
+    """Refuse a file of the bundle that is a link to a file outside its version folder: a
+    bundle is the folder, and nothing it says may read, serve or describe a file elsewhere.
+    Links within the folder (as a Kubernetes volume's `..data/`) are followed. The message
+    names the bundle's own file only, never where the link points."""
+    if not file.resolve().is_relative_to(bundle_dir.resolve()):
+        raise BundleError(
+            f"{file}: a link to a file outside the version folder; a bundle's files must be "
+            "in its version folder"
+        )
 
 
 def sha256_of(file: Path) -> str:

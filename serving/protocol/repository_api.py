@@ -24,7 +24,9 @@ router = APIRouter(tags=["model repository extension"], responses=ERRORS)
 @router.post("/v2/repository/index", response_model=list[RepositoryModel])
 async def index(request: Request) -> JSONResponse:
     body = await request.body()
-    only_ready = bool(body.strip()) and bool(_object(body).get("ready", False))
+    only_ready = _object(body).get("ready", False) if body.strip() else False
+    if not isinstance(only_ready, bool):
+        raise BadRequest(f"'ready' must be true or false, got {json_type(only_ready)}")
     return JSONResponse(index_rows(dataplane(request), only_ready))
 
 
@@ -49,8 +51,13 @@ def index_rows(plane: DataPlane, only_ready: bool) -> list[dict[str, str]]:
 @router.post("/v2/repository/models/{name}/load", response_model=RepositoryActionResponse)
 async def load(request: Request, name: str) -> JSONResponse:
     body = await request.body()
-    parameters = (_object(body).get("parameters") or {}) if body.strip() else {}
-    await load_model(dataplane(request), name, parameters)
+    parameters = _object(body).get("parameters") if body.strip() else None
+    if parameters is not None and not isinstance(parameters, dict):
+        raise BadRequest(
+            f"'parameters' must be a JSON object of parameter name to value, got "
+            f"{json_type(parameters)}"
+        )
+    await load_model(dataplane(request), name, parameters or {})
     return JSONResponse({"name": name, "load": True})
 
 
@@ -72,6 +79,12 @@ async def load_model(plane: DataPlane, name: str, parameters: Iterable[str]) -> 
 async def unload(request: Request, name: str) -> JSONResponse:
     await asyncio.to_thread(dataplane(request).unload, name)
     return JSONResponse({"name": name, "unload": True})
+
+
+def json_type(value: object) -> str:
+    """A parsed JSON value's type, in JSON's words."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "a list" if isinstance(value, list) else "null")
 
 
 def _object(body: bytes) -> dict:  # type: ignore[type-arg]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,96 @@ def test_gzip_bomb_and_junk(http: httpx.Client) -> None:
     assert http.post(V1, content=body, headers=headers).status_code == 200
     refused(http.post(V1, content=body + b"junk", headers=headers), 400, "gzip")
     refused(http.post(V1, content=body[:-6], headers=headers), 400, "gzip")
+
+
+# item 11: a bundle names only files inside its version folder, and says nothing of others
+
+
+def bundle_pointing(repo: Path, name: str, file: str, link: Path | None = None) -> None:
+    """A model `name` in the repository: side_effects' bundle whose overlay names `file`, a link
+    to `link` where given."""
+    version = repo / name / "1"
+    shutil.copytree(repo / "side_effects" / "1", version)
+    overlay = json.loads((version / "metadata.json").read_text())
+    overlay["onnx"]["file"] = file
+    (version / "metadata.json").write_text(json.dumps(overlay))
+    if link is not None:
+        (version / file).symlink_to(link)
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "outside"),
+    [
+        ("up", "../model.onnx", None),
+        ("absolute", "/etc/hostname", None),
+        ("link_to_graph", "elsewhere.onnx", "graph"),
+        ("link_to_secret", "secret.onnx", "secret"),
+    ],
+)
+def test_a_bundle_cannot_point_outside_itself(
+    repo: Path, http: httpx.Client, tmp_path: Path, name: str, file: str, outside: str | None
+) -> None:
+    link = None
+    if outside == "graph":  # the right checksum, but outside the bundle
+        link = tmp_path / "model.onnx"
+        shutil.copy(repo / "side_effects" / "1" / "model.onnx", link)
+    elif outside == "secret":
+        link = tmp_path / "secret"
+        link.write_text("not for clients\n")
+    bundle_pointing(repo, name, file, link)
+    message = refused(http.post(f"/v2/repository/models/{name}/load"), 400, "failed to load")
+    assert "outside the version folder" in message or "in the version folder" in message
+    assert str(tmp_path) not in message and "not for clients" not in message
+    assert not re.search(r"[0-9a-f]{64}", message), message
+    refused(http.get(f"/v2/models/{name}/ready"), 503)
+    assert http.post(V1, json=ROW).status_code == 200
+
+
+def test_a_link_inside_the_bundle_is_followed(repo: Path, http: httpx.Client) -> None:
+    version = repo / "inner_link" / "1"
+    shutil.copytree(repo / "side_effects" / "1", version)
+    (version / "data").mkdir()
+    (version / "model.onnx").rename(version / "data" / "model.onnx")
+    (version / "model.onnx").symlink_to(Path("data") / "model.onnx")
+    assert http.post("/v2/repository/models/inner_link/load").status_code == 200
+    assert http.post("/v1/models/inner_link:predict", json=ROW).status_code == 200
+
+
+# item 7: the repository API's parameters
+
+
+@pytest.mark.parametrize("parameters", [5, [1], True, "x", 1.5])
+def test_load_parameters_must_be_an_object(http: httpx.Client, parameters: Any) -> None:
+    response = http.post("/v2/repository/models/side_effects/load", json={"parameters": parameters})
+    refused(response, 400, "'parameters' must be a JSON object")
+
+
+def test_load_body_and_index_shapes(http: httpx.Client) -> None:
+    load = "/v2/repository/models/side_effects/load"
+    assert http.post(load, json={"parameters": {}}).status_code == 200
+    assert http.post(load, json={"parameters": None}).status_code == 200
+    refused(http.post(load, json=[1]), 400, "JSON object")
+    refused(http.post("/v2/repository/index", json={"ready": "yes"}), 400, "'ready'")
+    assert http.post("/v2/repository/index", json={"ready": True}).status_code == 200
+
+
+# item 8: a client's control characters never start a line of the log
+
+
+def test_control_characters_never_forge_a_log_line(repo: Path) -> None:
+    forged = "FORGED ERROR serving: model reloaded by admin"
+    s = Server("--repo", str(repo), "--log-level", "info").wait_ready()
+    try:
+        with httpx.Client(base_url=s.url) as c:
+            for path in (
+                f"/v2/models/x%0A{forged.replace(' ', '%20')}/infer",
+                f"/v1/models/x%0D%0A{forged.replace(' ', '%20')}:predict",
+                f"/v2/models/x%1B%5B31m%0A{forged.replace(' ', '%20')}/infer",
+            ):
+                assert c.post(path, json=ROW).status_code in (404, 405)
+    finally:
+        output = s.output()
+    lines = output.splitlines()
+    assert not any(line.startswith("FORGED") for line in lines), output
+    assert "x\\nFORGED" in output and "\\x1b" in output, output
+    assert "\x1b" not in output and "\r" not in output
