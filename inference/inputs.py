@@ -184,6 +184,15 @@ def _total(matrix: np.ndarray) -> float:
     return float(np.add.reduce(matrix, axis=None, dtype=np.float64))
 
 
+def non_finite_row(array: np.ndarray) -> int | None:
+    """The first row (along the first axis) of a float array holding NaN or infinity; None
+    when there is none or the array is not of floats. One sum in the common case."""
+    if array.dtype.kind != "f" or not array.size or math.isfinite(_total(array)):
+        return None
+    bad = invalid_rows(array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1))
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None  # a finite sum overflowed
+
+
 def invalid_rows(matrix: np.ndarray) -> np.ndarray:
     """A boolean mask of rows holding NaN or infinity (for per-row error reporting)."""
     result: np.ndarray = ~np.isfinite(matrix).all(axis=1)

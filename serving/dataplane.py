@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import inference
+from inference.inputs import non_finite_row
 from serving.batching import Batcher
 from serving.collector import ServerCollector
-from serving.errors import InferenceTimeout, ModelNotReady, PayloadTooLarge
+from serving.errors import InferenceTimeout, ModelNotReady, NonFiniteOutput, PayloadTooLarge
 from serving.metrics import Metrics
 from serving.repository import ModelEntry, ModelRepository
 from serving.settings import Settings
@@ -100,7 +101,8 @@ class DataPlane:
     async def infer(
         self, model: inference.Model, feeds: Mapping[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
-        """Run one request's named tensors; checks them (`Model.check`), limits and time."""
+        """Run one request's named tensors; checks them (`Model.check`), limits and time,
+        and the answer: NaN or infinity in an output is an error (`NonFiniteOutput`)."""
         checked = model.check(feeds)
         rows = model.rows(checked)
         if rows > self.settings.max_batch_rows:
@@ -110,11 +112,24 @@ class DataPlane:
             )
         self.metrics.observe_request_rows(model.name, model.version, rows)
         batcher = self._batcher(model)
-        if batcher is not None:
-            return await batcher.submit(checked, rows, outputs)  # it keeps the request timeout
-        latency = model.latency
-        if latency is not None and latency.estimate(rows) <= self._inline_s:
-            return self.run(model, checked, outputs)
+        if batcher is not None:  # it keeps the request timeout
+            result = await batcher.submit(checked, rows, outputs)
+        elif (latency := model.latency) is not None and latency.estimate(rows) <= self._inline_s:
+            result = self.run(model, checked, outputs)
+        else:
+            result = await self._in_executor(model, checked, outputs)
+        for name, array in result.items():
+            if array.dtype.kind == "f" and (row := non_finite_row(array)) is not None:
+                raise NonFiniteOutput(
+                    f"model {model.name!r} version {model.version}: output {name!r} is NaN or "
+                    f"infinite in row {row}, for inputs it accepted; the model is broken or "
+                    "the input is outside what it was trained on"
+                )
+        return result
+
+    async def _in_executor(
+        self, model: inference.Model, checked: Mapping[str, np.ndarray], outputs: list[str] | None
+    ) -> dict[str, np.ndarray]:
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 loop = asyncio.get_running_loop()

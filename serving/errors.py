@@ -49,6 +49,13 @@ class InferenceTimeout(ServingError):
     status = 504
 
 
+class NonFiniteOutput(ServingError):
+    """A model answered NaN or infinity for inputs it accepted: JSON has no such numbers, and
+    a score that is not a number names no class; refused alike in JSON and binary answers."""
+
+    status = 500
+
+
 def error_response(
     status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -58,7 +65,14 @@ def error_response(
 def client_error_response(method: str, path: str, exc: Exception) -> JSONResponse:
     """The answer to a client error (ours or invalid input), logged at INFO."""
     status = exc.status if isinstance(exc, ServingError) else 400
-    log.info("%s %s -> %d: %s", method, path, status, exc)
+    log.log(
+        logging.WARNING if status == 500 else logging.INFO,
+        "%s %s -> %d: %s",
+        method,
+        path,
+        status,
+        exc,
+    )
     return error_response(status, str(exc))
 
 

@@ -270,6 +270,8 @@ class ModelRepository:
 
 
 def parse_version(version: str | int) -> int:
+    if isinstance(version, str) and not (version.isascii() and version.isdigit()):
+        raise BadRequest(f"model version must be a positive integer, got {version!r}")
     try:
         number = int(version)
     except ValueError:

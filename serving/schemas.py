@@ -59,7 +59,7 @@ class ModelReadyResponse(BaseModel):
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
-    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=16)
+    shape: list[Annotated[int, Field(ge=0, strict=True)]] = Field(max_length=16)
     datatype: Datatype
     parameters: Parameters | None = None
     data: Any = None

@@ -188,6 +188,9 @@ def _validated_request(
     parameters = request.parameters or {}
     if "classification" in parameters:
         raise BadRequest("the classification extension is not supported; read 'scores'")
+    binary_default = parameters.get("binary_data_output", False)
+    if type(binary_default) is not bool:
+        raise BadRequest(f"'binary_data_output' must be true or false, got {binary_default!r}")
     inputs = _decode_inputs(request, binary, metadata, may_hold_booleans=may_hold_booleans)
     outputs, flags = _requested_outputs(request, metadata)
     return DecodedRequest(
@@ -195,7 +198,7 @@ def _validated_request(
         inputs=inputs,
         outputs=outputs,
         binary_flags=flags,
-        binary_default=bool(parameters.get("binary_data_output", False)),
+        binary_default=binary_default,
     )
 
 
@@ -281,6 +284,8 @@ def _plain_tensor(tensor: dict[str, Any]) -> np.ndarray | None:
         return None
     if values.dtype.kind not in JSON_KINDS[datatype] or values.size != math.prod(shape):
         return None
+    if values.ndim != 1 and values.shape != tuple(shape):
+        return None
     return _cast(values.reshape(shape), dtype)
 
 
@@ -314,6 +319,10 @@ def _decode_inputs(
                 f"{info.datatype}"
             )
         if "binary_data_size" in (tensor.parameters or {}):
+            if tensor.data is not None:
+                raise BadRequest(
+                    f"input {tensor.name!r}: both 'data' and binary_data_size; send one of them"
+                )
             array, offset = _from_binary(tensor, binary, offset)
         else:
             array = _from_json(tensor, may_hold_booleans=may_hold_booleans)
@@ -346,21 +355,32 @@ def _from_json(tensor: RequestInput, *, may_hold_booleans: bool) -> np.ndarray:
         raise BadRequest(
             f"input {name!r}: shape {shape} needs {count} values but 'data' has {values.size}"
         )
+    _check_nesting(name, shape, values)
     return _cast(values.reshape(shape), DTYPES[datatype])
+
+
+def _check_nesting(name: str, shape: list[int], values: np.ndarray) -> None:
+    """JSON `data` is flat, or nested exactly as its shape (row-major): nested otherwise, the
+    sender meant another shape."""
+    if values.ndim != 1 and values.shape != tuple(shape):
+        raise BadRequest(
+            f"input {name!r}: 'data' is nested as {list(values.shape)} but the shape is "
+            f"{shape}; send it flat or nested as the shape"
+        )
 
 
 def _bytes_from_json(name: str, shape: list[int], data: Any) -> np.ndarray:
     """A BYTES tensor's JSON `data`: strings, nested or flat, as many as the shape needs."""
-    values = np.asarray(data, dtype=object) if isinstance(data, list) else np.asarray([data])
-    flat = values.ravel() if values.dtype == object else values
-    if not all(type(v) is str for v in flat.flat):
+    values = np.asarray(data if isinstance(data, list) else [data], dtype=object)
+    if not all(type(v) is str for v in values.flat):
         raise BadRequest(f"input {name!r}: 'data' must hold BYTES as strings")
     count = math.prod(shape)
-    if flat.size != count:
+    if values.size != count:
         raise BadRequest(
-            f"input {name!r}: shape {shape} needs {count} values but 'data' has {flat.size}"
+            f"input {name!r}: shape {shape} needs {count} values but 'data' has {values.size}"
         )
-    return flat.reshape(shape)
+    _check_nesting(name, shape, values)
+    return values.reshape(shape)
 
 
 def _wrong_kind(
@@ -370,10 +390,7 @@ def _wrong_kind(
     if not values.size:
         return None
     if values.dtype.kind == "O" and "O" not in kinds:
-        odd = next((v for v in values.flat if type(v) not in (int, float)), values)
-        if odd is values:
-            return "integers too large for any numeric type"
-        return "null" if odd is None else f"{_JSON_NAMES.get(type(odd), 'value')} {shown(odd)}"
+        return _describe_objects(values)
     if values.dtype.kind not in kinds:
         kind = {"U": "strings", "b": "booleans", "f": "fractions"}
         return kind.get(values.dtype.kind, values.dtype.name)
@@ -382,7 +399,20 @@ def _wrong_kind(
     return None
 
 
-_JSON_NAMES = {str: "string", bool: "boolean", dict: "object", list: "list"}
+def _describe_objects(values: np.ndarray) -> str:
+    """What an array of JSON values holds besides numbers (text makes such an array: see
+    `as_array`), quoting at most a few characters of it."""
+    odd = next((v for v in values.flat if type(v) not in (int, float)), values)
+    if odd is values:
+        return "integers too large for any numeric type"
+    if type(odd) is str:
+        return f"strings such as {shown(odd)}"
+    if odd is None:
+        return "mixed values or null"
+    return f"mixed values such as {_JSON_NAMES.get(type(odd), 'a value')} {shown(odd)}"
+
+
+_JSON_NAMES = {bool: "boolean", dict: "object", list: "list"}
 
 
 class OutOfRange(Exception):
@@ -483,11 +513,14 @@ def _requested_outputs(
     if unknown:
         raise BadRequest(f"unknown output(s) {unknown}; the model has: {', '.join(known)}")
     flags = {
-        o.name: bool(o.parameters["binary_data"])
+        o.name: o.parameters["binary_data"]
         for o in request.outputs
         if o.parameters and "binary_data" in o.parameters
     }
-    return names, flags
+    for name, flag in flags.items():
+        if type(flag) is not bool:
+            raise BadRequest(f"output {name!r}: 'binary_data' must be true or false, got {flag!r}")
+    return names, {name: flag is True for name, flag in flags.items()}
 
 
 def encode_response(

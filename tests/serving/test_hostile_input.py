@@ -8,12 +8,16 @@ import gzip
 import json
 import re
 import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from tests.conftest import MODELS
 from tests.serving.conftest import Server
@@ -212,3 +216,66 @@ def test_control_characters_never_forge_a_log_line(repo: Path) -> None:
     assert not any(line.startswith("FORGED") for line in lines), output
     assert "x\\nFORGED" in output and "\\x1b" in output, output
     assert "\x1b" not in output and "\r" not in output
+
+
+# item 12: what the protocol does not allow is refused, not read leniently
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({**v2_tensor(data=[70]), "outputs": [{"name": "scores", "parameters": {"binary_data": "false"}}]}, "'binary_data' must be true or false"),
+        ({**v2_tensor(data=[70]), "parameters": {"binary_data_output": "false"}}, "'binary_data_output'"),
+        (v2_tensor(shape=[True, 1], data=[70]), "shape"),
+        (v2_tensor(shape=[1.0, 1], data=[70]), "shape"),
+        (v2_tensor(shape=[2], data=[[70], [71]]), "nested as [2, 1]"),
+        (v2_tensor(shape=[1, 1], data=[[[70]]]), "nested as [1, 1, 1]"),
+    ],
+)  # fmt: skip
+def test_lenient_v2_requests_are_refused(
+    http: httpx.Client, body: dict[str, Any], words: str
+) -> None:
+    refused(http.post(V2, json=body), 400, words)
+
+
+def test_data_beside_binary_data_size_is_refused(http: httpx.Client) -> None:
+    tensor = v2_tensor(data=[70], parameters={"binary_data_size": 4})
+    header = json.dumps(tensor).encode()
+    response = http.post(
+        V2,
+        content=header + struct.pack("<f", 70.0),
+        headers={"inference-header-content-length": str(len(header))},
+    )
+    refused(response, 400, "both 'data' and binary_data_size")
+
+
+@pytest.mark.parametrize("version", [" 1", "1 ", "+1", "1_0", "\u0661"])
+def test_a_version_is_plain_digits(http: httpx.Client, version: str) -> None:
+    path = f"/v2/models/side_effects/versions/{quote(version)}/infer"
+    refused(http.post(path, json=v2_tensor(data=[70])), 400, "positive integer")
+    ok = http.post("/v2/models/side_effects/versions/1/infer", json=v2_tensor(data=[70]))
+    assert ok.status_code == 200
+
+
+def log_model(folder: Path) -> None:
+    """A bare graph y = log(x): NaN for a negative x, minus infinity for 0."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "log", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True)
+    onnx.save(model, folder / "model.onnx")
+
+
+def test_non_finite_outputs_are_an_error_in_json_and_binary(repo: Path, http: httpx.Client) -> None:
+    log_model(repo / "log" / "1")
+    assert http.post("/v2/repository/models/log/load").status_code == 200
+    infer = "/v2/models/log/infer"
+    x = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1], "data": [1, -1]}]}
+    binary = {**x, "parameters": {"binary_data_output": True}}
+    for body in (x, binary):
+        refused(http.post(infer, json=body), 500, "output 'y' is NaN or infinite in row 1")
+    refused(http.post("/v1/models/log:predict", json={"instances": [[0]]}), 500, "'y'")
+    answer = http.post(infer, json={**x, "inputs": [{**x["inputs"][0], "data": [1, 2]}]})
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["data"][0] == 0
