@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench-serving bench-serving-ab bench-instructions bench-grpc bench-batch bench-training clean
+.PHONY: run test lint typecheck pytest bench-serving bench-serving-ab bench-instructions bench-grpc bench-batch bench-training bench-digits clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-batch: $(VENV)/.installed-test
 
 bench-training: $(VENV)/.installed-test
 	$(BIN)/python bench/training_bench.py
+
+# The digits CNN: ours against a plain PyTorch loop, and Keras 3 (torch backend) if installed.
+bench-digits: $(VENV)/.installed-test
+	$(BIN)/python bench/digits_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
