@@ -16,17 +16,29 @@ import time
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from math import isfinite
 
 import numpy as np
 
 import inference
-from inference.inputs import non_finite_row
+from inference.inputs import non_finite_row, total
 from serving.batching import Batcher
 from serving.collector import ServerCollector
 from serving.errors import InferenceTimeout, ModelNotReady, NonFiniteOutput, PayloadTooLarge
 from serving.metrics import Metrics
 from serving.repository import ModelEntry, ModelRepository
 from serving.settings import Settings
+
+
+def _check_finite(model: inference.Model, name: str, array: np.ndarray) -> None:
+    """Refuse an output holding NaN or infinity (a finite sum may also overflow)."""
+    row = non_finite_row(array)
+    if row is not None:
+        raise NonFiniteOutput(
+            f"model {model.name!r} version {model.version}: output {name!r} is NaN or infinite "
+            f"in row {row}, for inputs it accepted; the model is broken or the input is outside "
+            "what it was trained on"
+        )
 
 
 class DataPlane:
@@ -118,13 +130,9 @@ class DataPlane:
             result = self.run(model, checked, outputs)
         else:
             result = await self._in_executor(model, checked, outputs)
-        for name, array in result.items():
-            if array.dtype.kind == "f" and (row := non_finite_row(array)) is not None:
-                raise NonFiniteOutput(
-                    f"model {model.name!r} version {model.version}: output {name!r} is NaN or "
-                    f"infinite in row {row}, for inputs it accepted; the model is broken or "
-                    "the input is outside what it was trained on"
-                )
+        for name, array in result.items():  # one sum per float output: NaN and inf propagate
+            if array.dtype.kind == "f" and not isfinite(total(array)):
+                _check_finite(model, name, array)
         return result
 
     async def _in_executor(
