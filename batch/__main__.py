@@ -11,13 +11,10 @@ import argparse
 import logging
 import sys
 
-from py4j.protocol import Py4JJavaError
-from pyspark.errors import PySparkException
-
 import inference
-from batch.job import JobError, run
+from batch import preflight
+from batch.errors import JobError, ScoringError
 from batch.model_spec import parse_column_map
-from batch.session import local_master, spark_session
 from inference.runtime import check_provider_names, resolve_providers
 
 
@@ -98,12 +95,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection chatter is not ours
     try:
-        inference.resolve_bundle_dir(args.model, args.version)  # fail before starting Spark
-        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        if local_master(args.master):  # the executors are this machine: ask it now
-            resolve_providers(providers, args.allow_cpu_fallback)
-        else:  # only the executors can tell whether they have these; names are checked here
-            check_provider_names(providers)
+        providers = check(args)
+    except (JobError, ScoringError, inference.InferenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return score(args, providers)
+
+
+def check(args: argparse.Namespace) -> list[str]:
+    """Every refusal that needs no Spark (`batch.preflight`), in a second or two; the providers."""
+    local = preflight.local_master(args.master)
+    preflight.check_model(
+        args.model,
+        args.version,
+        outputs(args),
+        args.features_column,
+        args.input_columns,
+    )
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    if local:  # the executors are this machine: ask it now
+        resolve_providers(providers, args.allow_cpu_fallback)
+    else:  # only the executors can tell whether they have these; names are checked here
+        check_provider_names(providers)
+    in_format = preflight.input_format(args.input, args.format)
+    preflight.check_io(args.io, in_format, args.output_format, local)
+    preflight.check_paths(args.input, args.output, args.mode, local=local)
+    return providers
+
+
+def outputs(args: argparse.Namespace) -> list[str] | None:
+    return [o.strip() for o in args.outputs.split(",") if o.strip()] if args.outputs else None
+
+
+def score(args: argparse.Namespace, providers: list[str]) -> int:
+    """Start Spark and run the job (pyspark is imported only now: the checks above run without
+    it)."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    from batch.job import run
+    from batch.session import spark_session
+
+    try:
         spark = spark_session(args.master)
         report = run(
             spark,
@@ -114,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             output_format=args.output_format,
             mode=args.mode,
             prefix=args.prefix,
-            outputs=args.outputs.split(",") if args.outputs else None,
+            outputs=outputs(args),
             features_column=args.features_column,
             input_columns=args.input_columns,
             version=args.version,
@@ -129,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except inference.InferenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a local file system's refusal the checks could not foresee
+        print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        return 2 if isinstance(e, PermissionError) else 1
     except PySparkException as e:  # Spark's own refusal (unreadable input, bad path, ...)
         print(f"error: Spark: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +17,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from batch import arrow_files, paths
+from batch import arrow_files, paths, preflight
+from batch.errors import BadRowsError, JobError
 from batch.scoring import ScoringError, prepare, scored_columns
+from batch.staging import staging_path as new_staging
 from batch.worker import ScoringSpec
 
 log = logging.getLogger("batch")
 Format = Literal["parquet", "csv"]
 IO = Literal["auto", "arrow", "spark"]
 """Who reads and writes the files: pyarrow in Spark's tasks (`batch.arrow_files`), or Spark."""
-
-
-class JobError(Exception):
-    """The job cannot run as asked (arguments, input, output); the message says why."""
-
-    exit_code = 2
-
-
-class BadRowsError(JobError):
-    """`--fail-on-bad-rows` found rows that could not be scored."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -54,22 +43,32 @@ class JobReport:
 
 
 def input_format(path: str, given: str | None) -> Format:
-    if given is not None:
-        if given not in ("parquet", "csv"):
-            raise JobError(f"unknown input format {given!r}; known: parquet, csv")
-        return given  # type: ignore[return-value]
-    suffix = Path(path.rstrip("/")).suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".parquet", ".pq", "") or Path(path).is_dir():
-        return "parquet"
-    raise JobError(f"cannot tell the format of {path!r} from its extension; pass --format")
+    return preflight.input_format(path, given)  # type: ignore[return-value]
+
+
+CSV_OPTIONS = {
+    "header": "true",
+    "multiLine": "true",
+    "quote": '"',
+    "escape": '"',
+    "ignoreLeadingWhiteSpace": "false",
+    "ignoreTrailingWhiteSpace": "false",
+}
+"""RFC 4180 as Spark reads and writes it: a header line, fields quoted with a double quote where
+needed, a quote inside a field doubled, line breaks inside quoted fields. Spark's default escape
+is a backslash, which leaves doubled quotes doubled; without `multiLine` a quoted line break
+splits the row in two; Spark's writer trims spaces and line breaks around a value unless told
+not to. A multi-line CSV file is read by one task: Spark cannot split it."""
 
 
 def read_table(spark: SparkSession, path: str, fmt: Format) -> DataFrame:
     if fmt == "csv":
-        return spark.read.csv(path, header=True, inferSchema=True)
+        return spark.read.options(**CSV_OPTIONS).csv(path, inferSchema=True)
     return spark.read.parquet(path)
+
+
+def _read_written(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+    return spark.read.format(fmt).options(**(CSV_OPTIONS if fmt == "csv" else {})).load(path)
 
 
 def run(
@@ -124,7 +123,7 @@ def run(
         )
     except ScoringError as e:
         raise JobError(str(e)) from e
-    staging = f"{output_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:12]}"
+    staging = new_staging(output_path)
     try:
         if task_plan is None:
             written = _write_spark(
@@ -244,7 +243,8 @@ def _write_spark(
                 for f in scored.schema.fields
             ]
         )
-    scored.write.format(output_format).option("header", "true").save(staging)
+    options = CSV_OPTIONS if output_format == "csv" else {}
+    scored.write.format(output_format).options(**options).save(staging)
     rows, bad = _count(spark, staging, output_format, f"{prefix}error")
     return Written(
         rows, bad, partitions, lambda: _first_error(spark, staging, output_format, prefix)
@@ -253,7 +253,7 @@ def _write_spark(
 
 def _count(spark: SparkSession, path: str, fmt: str, error_column: str) -> tuple[int, int]:
     """Rows written and rows with an error, in one pass over one column."""
-    written = spark.read.format(fmt).option("header", "true").load(path)
+    written = _read_written(spark, path, fmt)
     row = written.select(
         F.count(F.lit(1)).alias("rows"), F.count(error_column).alias("bad")
     ).first()
@@ -261,24 +261,30 @@ def _count(spark: SparkSession, path: str, fmt: str, error_column: str) -> tuple
 
 
 def _first_error(spark: SparkSession, path: str, fmt: str, prefix: str) -> str:
-    written = spark.read.format(fmt).option("header", "true").load(path)
+    written = _read_written(spark, path, fmt)
     row = written.where(F.col(f"{prefix}error").isNotNull()).select(f"{prefix}error").first()
     return str(row[0]) if row else ""
 
 
 def _check_paths(spark: SparkSession, input_path: str, output_path: str, mode: str) -> None:
     """Refuse, before any work: an output that exists (unless overwriting), a missing input, and
-    an output that is the input, holds it or lies inside it (overwriting would delete it)."""
+    an output that is the input, holds it or lies inside it (overwriting would delete it), as
+    the file systems resolve them (symlinks and `..` for local paths); on this machine also an
+    input that cannot be read, an output that cannot be written, a live run writing the same
+    output (and stale staging of dead runs is removed): `batch.preflight`, as the CLI does
+    before Spark starts."""
     out_fs, out = paths.filesystem(spark, output_path), paths.jpath(spark, output_path)
     in_fs, source = paths.filesystem(spark, input_path), paths.jpath(spark, input_path)
     if out_fs.exists(out) and mode == "error":
         raise JobError(f"output {output_path} exists; pass --mode overwrite to replace it")
     if not in_fs.exists(source):
         raise JobError(f"input {input_path} does not exist")
-    a = str(paths.qualified(spark, output_path)).rstrip("/")
-    b = str(paths.qualified(spark, input_path)).rstrip("/")
-    if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+    if preflight.overlaps(
+        str(paths.qualified(spark, input_path)), str(paths.qualified(spark, output_path))
+    ):
         raise JobError(
             f"the output {output_path} is, holds or is inside the input {input_path}; "
             "write the scores somewhere else"
         )
+    local = (spark.sparkContext.master or "").startswith("local")
+    preflight.check_paths(input_path, output_path, mode, local=local)

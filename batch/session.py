@@ -11,13 +11,6 @@ from pyspark.sql import SparkSession
 ARROW_BATCH_ROWS = 10_000
 
 
-def local_master(master: str | None) -> bool:
-    """Whether the executors will run on this machine (local mode), known before Spark starts."""
-    if master is None:
-        return "PYSPARK_GATEWAY_PORT" not in os.environ  # spark-submit's master is unknown here
-    return master.startswith("local")
-
-
 def spark_session(master: str | None = None, app_name: str = "bundle-scoring") -> SparkSession:
     # Workers must import pyarrow, onnxruntime and `inference`: the driver's interpreter has them.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
