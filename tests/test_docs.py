@@ -46,7 +46,6 @@ from tests.docs_blocks import (
 )
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-RUN = [d for d in DOCS if d.name in {"README.md", "serving.md", "inference.md", "deploy.md"}]
 COPIED = ("models", "Makefile", "pyproject.toml", "inference", "serving", "batch", "training")
 IGNORED = shutil.ignore_patterns("__pycache__", ".tmp-*")
 RUNNER = REPO / "tests" / "docs_python.py"
@@ -81,7 +80,7 @@ def test_every_command_block_is_run_or_says_why_not():
 
 def test_the_docs_mark_few_blocks_not_run():
     skipped = [b.where for d in DOCS for b in blocks(d) if b.marker and b.marker[0] == "not run"]
-    assert len(skipped) <= 10, skipped
+    assert len(skipped) <= 12, skipped
 
 
 # What a guide takes for granted that no block makes: the user's own exported models.
@@ -105,7 +104,7 @@ GIVEN: dict[str, Callable[[Path], None]] = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("doc", RUN, ids=lambda d: d.name)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
 def test_the_commands_of_a_guide_run_as_written(doc: Path, tmp_path: Path):
     guide = Guide(tmp_path)
     given = GIVEN.get(str(doc.relative_to(REPO)))
