@@ -14,6 +14,7 @@ failed export, distributed run or search.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,6 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--master", help="Spark master for --spark (default local[*], or spark-submit's)"
     )
     spark.add_argument(
+        "--remote",
+        help="a Spark Connect server for --spark, sc://HOST:PORT (default: $SPARK_REMOTE)",
+    )
+    spark.add_argument(
         "--search", action="store_true", help="run the spec's search: section, export the best"
     )
     spark.add_argument(
@@ -95,6 +100,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise SpecError("--parallelism is for --search")
     if args.master is not None and not args.spark:
         raise SpecError("--master is for --spark")
+    if args.remote is not None and not args.spark:
+        raise SpecError("--remote is for --spark")
+    if args.remote is not None and args.master is not None:
+        raise SpecError("--remote and --master: a Spark Connect server has its own master")
     if args.summary and (args.spark or args.search or args.if_missing):
         raise SpecError("--summary trains nothing: it takes no --spark, --search or --if-missing")
     if args.verbose is not None and args.search:
@@ -155,7 +164,8 @@ def run(args: argparse.Namespace, progress: list[Path]) -> None:
         if args.spark and spark is None:
             from training.spark import spark_session
 
-            spark = spark_session(args.master)
+            remote = args.remote or os.environ.get("SPARK_REMOTE") or None
+            spark = spark_session(args.master, remote=None if args.master else remote)
         result = train_one(folder, args, spark)
         figures = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"Bundle written: {result.bundle} ({figures})")

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from training.fit import History, Shard
-from training.spark import TaggedJobs, spark_session, task_slots, worker_error
+from training.spark import TaggedJobs, master_of, spark_session, task_slots, worker_error
 from training.spec import SpecError
 from training.train import Fitted, Run, TrainResult, export, fit, prepare, rebuild, weights
 
@@ -133,7 +133,7 @@ def check_processes(num_processes: int, spark: SparkSession, run: Run) -> None:
     if slots is not None and num_processes > slots:
         raise SpecError(
             f"--num-processes {num_processes} needs {num_processes} Spark task slots at once, "
-            f"but {spark.sparkContext.master} has {slots}"
+            f"but {master_of(spark)} has {slots}"
         )
     if num_processes > len(run.train_set):
         raise SpecError(
@@ -171,5 +171,5 @@ def _rank(run: Run) -> tuple[dict[str, np.ndarray], History] | RankFailed:
 
 def _spark_gives_gpus(spark: SparkSession) -> bool:
     """GPUs for the tasks only when Spark is configured to hand them out."""
-    amount = spark.sparkContext.getConf().get("spark.task.resource.gpu.amount", "0")
+    amount = spark.conf.get("spark.task.resource.gpu.amount", "0")
     return float(amount or 0) > 0

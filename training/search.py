@@ -32,6 +32,7 @@ from training import data as datasets
 from training import leaderboard
 from training.search_spec import Distribution, SearchSpec
 from training.sections import describe
+from training.spark import master_of
 from training.spec import Spec, SpecError, load_spec
 from training.train import TrainResult, export, prepare_spec, rebuild
 from training.trials import Trial, TrialJob, TrialResult, run_in_processes, run_on_spark
@@ -70,7 +71,7 @@ def search(
     specs = plan(spec, spec_file, epochs=epochs)
     jobs = _jobs(specs, spec_file, config.metric, spark)
     width = min(parallelism or config.parallelism, len(jobs))
-    where = f"Spark {spark.sparkContext.master}" if spark is not None else "a process pool"
+    where = f"Spark {master_of(spark)}" if spark is not None else "a process pool"
     _say(
         stream,
         f"Search: {len(jobs)} {config.method} trials, {config.metric} "

@@ -45,7 +45,11 @@ def check_master(master: str) -> None:
         )
 
 
-def spark_session(master: str | None = None, app_name: str = "training") -> SparkSession:
+def spark_session(
+    master: str | None = None, app_name: str = "training", remote: str | None = None
+) -> SparkSession:
+    """A classic session on `master`, or a Spark Connect session on `remote` (`sc://host:port`,
+    or `local[N]` for the pyspark wheel's own Connect server)."""
     try:
         from py4j.protocol import Py4JJavaError
         from pyspark.errors import PySparkException
@@ -53,6 +57,13 @@ def spark_session(master: str | None = None, app_name: str = "training") -> Spar
     except ImportError as e:
         raise SparkUnavailable(MISSING) from e
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if remote is not None:
+        try:
+            return SparkSession.builder.remote(remote).getOrCreate()
+        except Exception as e:  # no Connect client packages, or no server there
+            raise SparkUnavailable(
+                f"Spark Connect at {remote} did not answer: {error_line(e)}"
+            ) from e
     builder = SparkSession.builder.appName(app_name)
     if master is not None:
         builder = builder.master(master)
@@ -95,13 +106,19 @@ def active_session() -> SparkSession:
     return SparkSession.getActiveSession() or spark_session()
 
 
+def master_of(spark: SparkSession) -> str:
+    """The session's master, from its conf (a Spark Connect session has no SparkContext)."""
+    return str(spark.conf.get("spark.master", "") or "")
+
+
 def task_slots(spark: SparkSession) -> int | None:
     """How many tasks can run at once, when Spark runs locally (`local[N]`); None on a cluster,
     where executors may still be coming."""
-    master = spark.sparkContext.master or ""
-    if master == "local" or master.startswith("local["):
-        return int(spark.sparkContext.defaultParallelism)
-    return None
+    local = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master_of(spark))
+    if local is None:
+        return None
+    cores = local.group(1) or "1"
+    return os.cpu_count() or 1 if cores == "*" else int(cores)
 
 
 class TaggedJobs:
@@ -115,7 +132,7 @@ class TaggedJobs:
     """
 
     def __init__(self, spark: SparkSession):
-        self.context = spark.sparkContext
+        self.spark = spark  # session tags: on classic sessions and Spark Connect alike
         self.tag = f"training-{uuid.uuid4().hex}"
         self.cancelled = threading.Event()
 
@@ -125,14 +142,14 @@ class TaggedJobs:
         def run(*args: P.args, **kwargs: P.kwargs) -> T:
             if self.cancelled.is_set():
                 raise RuntimeError("cancelled before it started")
-            self.context.addJobTag(self.tag)  # a thread-local property of the jobs it submits
+            self.spark.addTag(self.tag)  # a thread-local property of the jobs it submits
             try:
                 return work(*args, **kwargs)
             finally:
-                self.context.removeJobTag(self.tag)
+                self.spark.removeTag(self.tag)
 
         return run
 
     def cancel(self) -> None:
         self.cancelled.set()
-        self.context.cancelJobsWithTag(self.tag)
+        self.spark.interruptTag(self.tag)

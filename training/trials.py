@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
@@ -200,12 +201,20 @@ def run_on_spark(
 ) -> None:
     """Each trial is a one-task Spark job, `parallelism` at a time from driver threads, so that a
     task that dies (a crashed Python worker) fails its trial only, not the whole search."""
-    context = spark.sparkContext
+    import pyarrow as pa
+
     spark_jobs = TaggedJobs(spark)
 
     def one(job: TrialJob) -> TrialResult:
-        context.setJobDescription(f"search trial {job.trial.number}")
-        result: TrialResult = context.parallelize([job], 1).map(_spark_trial).collect()[0]
+        # One row in one partition: one task, which trains the trial it closes over. A
+        # DataFrame job, not an RDD's, so that Spark Connect sessions run it too.
+        def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for _ in batches:
+                pass
+            yield pa.RecordBatch.from_pylist([{"result": pickle.dumps(_spark_trial(job))}])
+
+        row = spark.range(1, numPartitions=1).mapInArrow(task, "result binary").collect()[0]
+        result: TrialResult = pickle.loads(row["result"])
         return result
 
     with ThreadPoolExecutor(max_workers=parallelism) as pool:

@@ -217,3 +217,27 @@ def test_a_failing_distributed_run_is_one_error_not_a_hang(
     ours = [line for line in err.splitlines() if not TORCH_LOG_LINE.match(line)]
     assert not [line for line in ours if "Traceback" in line]
     assert not [p for p in folder.iterdir() if p.name != "model.yaml"]
+
+
+@pytest.mark.slow
+def test_ddp_on_a_spark_connect_session(tmp_path: Path):
+    """`--remote`: the same DDP run on the pyspark wheel's local Spark Connect server (no
+    SparkContext in the client: tags, task slots and the barrier job go through the session)."""
+    folder = tmp_path / "side_effects"
+    folder.mkdir()
+    shutil.copy(MODELS / "side_effects" / "model.yaml", folder / "model.yaml")
+    result = run_cli(
+        str(folder),
+        "--spark",
+        "--remote",
+        "local[2]",
+        "--num-processes",
+        "2",
+        "--epochs",
+        "2",
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Bundle written: {folder / '1'} (loss " in result.stdout
+    metadata = json.loads((folder / "1" / "metadata.json").read_text())
+    assert metadata["provenance"]["distributed"]["num_processes"] == 2
