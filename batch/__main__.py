@@ -2,14 +2,19 @@
 
 Scores a table with a bundle on Spark: an embedded `local[*]` by default, any cluster through
 `--master` or `spark-submit`. Errors are one line on stderr: exit 2 for a wrong argument or
-input, 1 when the job failed or `--fail-on-bad-rows` found bad rows.
+input (found before Spark starts where it can be: `batch.preflight`), 1 when the job failed or
+`--fail-on-bad-rows` found bad rows, 143 (130) when SIGTERM (Ctrl-C) stopped it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import inference
 from batch import preflight
@@ -138,44 +143,94 @@ def score(args: argparse.Namespace, providers: list[str]) -> int:
 
     try:
         spark = spark_session(args.master)
-        report = run(
-            spark,
-            model=args.model,
-            input_path=args.input,
-            output_path=args.output,
-            fmt=args.format,
-            output_format=args.output_format,
-            mode=args.mode,
-            prefix=args.prefix,
-            outputs=outputs(args),
-            features_column=args.features_column,
-            input_columns=args.input_columns,
-            version=args.version,
-            fail_on_bad_rows=args.fail_on_bad_rows,
-            io=args.io,
-            providers=providers,
-            allow_cpu_fallback=args.allow_cpu_fallback,
-        )
-    except JobError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except inference.InferenceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a local file system's refusal the checks could not foresee
-        print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
-        return 2 if isinstance(e, PermissionError) else 1
-    except PySparkException as e:  # Spark's own refusal (unreadable input, bad path, ...)
-        print(f"error: Spark: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
-    except Py4JJavaError as e:  # a JVM failure Spark did not translate (file system, job abort)
-        print(f"error: Spark: {str(e.java_exception).splitlines()[0]}", file=sys.stderr)
-        return 1
+        with stopped_by_signals():  # after pyspark's SIGINT handler, which logs tracebacks
+            report = run(
+                spark,
+                model=args.model,
+                input_path=args.input,
+                output_path=args.output,
+                fmt=args.format,
+                output_format=args.output_format,
+                mode=args.mode,
+                prefix=args.prefix,
+                outputs=outputs(args),
+                features_column=args.features_column,
+                input_columns=args.input_columns,
+                version=args.version,
+                fail_on_bad_rows=args.fail_on_bad_rows,
+                io=args.io,
+                providers=providers,
+                allow_cpu_fallback=args.allow_cpu_fallback,
+            )
+    except (
+        JobError,
+        inference.InferenceError,
+        OSError,
+        PySparkException,
+        Py4JJavaError,
+        Terminated,
+        KeyboardInterrupt,
+    ) as e:
+        message, code = failure(e)
+        print(f"error: {message}", file=sys.stderr)
+        return code
     print(
         f"Scored {report.rows} rows ({report.bad_rows} could not be scored) into {report.output} "
         f"in {report.seconds:.1f}s ({report.rows_per_second:,.0f} rows/s)"
     )
     return 0
+
+
+def failure(e: BaseException) -> tuple[str, int]:
+    """The one line and the exit status for a run that stopped with `e`."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    if isinstance(e, JobError):
+        return str(e), e.exit_code
+    if isinstance(e, inference.InferenceError):
+        return str(e), 2
+    if isinstance(e, Terminated | KeyboardInterrupt):
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        return f"stopped by {signum.name}; nothing was written", 128 + signum
+    if isinstance(e, OSError):  # a local file system's refusal the checks could not foresee
+        return str(e), 2 if isinstance(e, PermissionError) else 1
+    if isinstance(e, PySparkException):  # Spark's own refusal (unreadable input, bad path, ...)
+        return f"Spark: {str(e).splitlines()[0]}", 1
+    if isinstance(e, Py4JJavaError):  # a JVM failure Spark did not translate (file system, ...)
+        return f"Spark: {str(e.java_exception).splitlines()[0]}", 1
+    raise e
+
+
+class Terminated(BaseException):
+    """SIGTERM (Kubernetes' eviction, a scheduler's kill) or SIGINT (Ctrl-C) arrived while the job
+    ran. A `BaseException`, as `KeyboardInterrupt` is, so that no `except Exception` on the way
+    (py4j's) turns it into another error."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum.name)
+        self.signum = signum
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT as an exception, so the job cancels its Spark jobs and removes its
+    staging folder on the way out (`batch.job`). SIGTERM's default handler ends the process at
+    once and leaves the folder behind, as kill -9 does: then the next run removes it
+    (`batch.staging`)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signal.Signals(signum))
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can take signals
+        return
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ every task succeeded, so a failed or interrupted run never leaves a result that 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -145,10 +146,12 @@ def run(
             fs.delete(target, True)
         if not fs.rename(paths.jpath(spark, staging), target):
             raise JobError(f"could not move the result from {staging} to {output_path}")
-    finally:
-        staging_path = paths.jpath(spark, staging)
-        if fs.exists(staging_path):
-            fs.delete(staging_path, True)
+    except Exception:
+        _discard(spark, fs, staging)
+        raise
+    except BaseException:  # SIGTERM or Ctrl-C, maybe inside a py4j call
+        _in_a_new_thread(lambda: _cancel_and_discard(spark, fs, staging))
+        raise
     report = JobReport(
         output_path, written.rows, written.bad, written.tasks, time.perf_counter() - start
     )
@@ -161,6 +164,42 @@ def run(
         report.rows_per_second,
     )
     return report
+
+
+def _discard(spark: SparkSession, fs: Any, staging: str) -> None:
+    """Remove the staging folder (after a failure; after success it was renamed away)."""
+    folder = paths.jpath(spark, staging)
+    if fs.exists(folder):
+        fs.delete(folder, True)
+
+
+def _cancel_and_discard(spark: SparkSession, fs: Any, staging: str) -> None:
+    """Stop the job's Spark tasks, wait until none runs (so none writes again), then remove the
+    staging folder."""
+    spark.sparkContext.cancelAllJobs()
+    tracker = spark.sparkContext.statusTracker()
+    deadline = time.monotonic() + 60
+    while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _discard(spark, fs, staging)
+
+
+def _in_a_new_thread(work: Callable[[], None]) -> None:
+    """Run `work` on a thread of its own: py4j gives each thread its own connection, and the
+    main thread's was cut mid-answer by the interrupt (any call on it reads a stale reply)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except Exception as e:  # reported, never raised over the interrupt being handled
+            errors.append(e)
+
+    thread = threading.Thread(target=target, name="batch-cleanup", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        log.warning("could not remove the staging folder: %s", str(errors[0]).splitlines()[0])
 
 
 @dataclass(frozen=True)

@@ -213,34 +213,56 @@ def test_stale_staging_of_a_dead_run_is_removed_and_others_reported(patients: Pa
     assert pq.read_table(tmp_path / "o").num_rows == 3
 
 
-@pytest.mark.slow
-def test_kill_9_then_the_next_run_cleans_up(tmp_path: Path):
+def start_and_catch_writing(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[str], int]:
+    """A run on 400,000 rows, caught once its staging folder exists (its stderr goes to
+    `log.txt`); the command and the rows."""
     source = tmp_path / "many.parquet"
     rows = 400_000
     pq.write_table(pa.table({"id": np.arange(rows), "age": np.full(rows, 50.0)}), source)
-    out = tmp_path / "o"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     command = [sys.executable, "-m", "batch", "score", "--model", MODEL, "--input", str(source)]
+    command += ["--output", str(tmp_path / "o")]
     run = subprocess.Popen(
-        [*command, "--output", str(out), "--io", "spark"],
+        [*command, "--io", "spark"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "log.txt").open("w"),
         start_new_session=True,
     )
     deadline = time.monotonic() + 240
     while not list(tmp_path.glob("o.tmp-*")) and run.poll() is None:
         assert time.monotonic() < deadline, "the run never made its staging folder"
         time.sleep(0.02)
+    return run, command, rows
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_next_run_cleans_up(tmp_path: Path):
+    run, command, rows = start_and_catch_writing(tmp_path)
     os.killpg(run.pid, signal.SIGKILL)  # the driver and the JVM it started, as an OOM kill would
     run.wait()
     left = list(tmp_path.glob("o.tmp-*"))
-    assert left and not out.exists(), "the run finished before it could be killed"
-    result = cli("--model", MODEL, "--input", str(source), "--output", str(out))
+    assert left and not (tmp_path / "o").exists(), "the run finished before it could be killed"
+    result = cli(*command[4:])
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.glob("o.tmp-*"))
-    assert pq.read_table(out).num_rows == rows
+    assert pq.read_table(tmp_path / "o").num_rows == rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_the_run_and_removes_its_staging(
+    tmp_path: Path, signum: signal.Signals
+):
+    run, _, _ = start_and_catch_writing(tmp_path)
+    run.send_signal(signum)  # the driver only, as Kubernetes signals a container's main process
+    run.wait(timeout=120)
+    stderr = (tmp_path / "log.txt").read_text()
+    assert run.returncode == 128 + signum, stderr
+    assert f"\nerror: stopped by {signum.name}; nothing was written\n" in stderr  # then the JVM
+    assert "Traceback" not in stderr
+    assert not list(tmp_path.glob("o*")), "neither an output nor a staging folder may remain"
 
 
 def names_csv(folder: Path) -> Path:
