@@ -229,8 +229,9 @@ def _describe(array: np.ndarray) -> str:
         return "true/false values"
     if array.dtype.kind == "O":
         odd = next((v for v in array.flat if not isinstance(v, int | float)), None)
-        kind = "text" if type(odd) in TEXT else type(odd).__name__
-        return "null (a missing value)" if odd is None else f"{kind} {shown(odd)}"
+        if odd is None:
+            return "null (a missing value)"
+        return f"{'text such as' if type(odd) in TEXT else type(odd).__name__} {shown(odd)}"
     return f"values of type {array.dtype}"
 
 
