@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def check(args: argparse.Namespace) -> list[str]:
     """Every refusal that needs no Spark (`batch.preflight`), in a second or two; the providers."""
     local = preflight.local_master(args.master)
-    preflight.check_model(
+    spec = preflight.check_model(
         args.model,
         args.version,
         outputs(args),
@@ -125,6 +125,8 @@ def check(args: argparse.Namespace) -> list[str]:
     in_format = preflight.input_format(args.input, args.format)
     preflight.check_io(args.io, in_format, args.output_format, local)
     preflight.check_paths(args.input, args.output, args.mode, local=local)
+    if local and preflight.is_local(args.input):
+        preflight.check_columns(args.input, in_format, spec)
     return providers
 
 

@@ -9,6 +9,7 @@ system once it runs (`batch.job`), since only Spark knows its credentials and co
 
 from __future__ import annotations
 
+import csv
 import os
 import posixpath
 import tempfile
@@ -16,9 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 import inference
+from batch.columns import missing_column
 from batch.errors import JobError, ScoringError
 from batch.model_spec import spec_for
+from batch.spec import ScoringSpec
 from batch.staging import clean_stale
 
 FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".json", ".orc", ".avro", ".gz")
@@ -54,14 +60,14 @@ def check_model(
     outputs: Sequence[str] | None,
     features_column: str | None,
     input_columns: Mapping[str, str] | None,
-) -> None:
+) -> ScoringSpec:
     """The bundle loads (checksum, signature) and the asked outputs and columns fit it."""
     loaded = inference.load(model, version=version)
     known = [o.name for o in loaded.metadata.outputs]
     unknown = [n for n in outputs or [] if n not in known]
     if unknown:
         raise ScoringError(f"unknown output(s) {unknown}; the model has: {', '.join(known)}")
-    spec_for(loaded, outputs, features_column, input_columns=input_columns)
+    return spec_for(loaded, outputs, features_column, input_columns=input_columns)
 
 
 def check_io(io: str, in_format: str, output_format: str, local_master: bool) -> None:
@@ -98,6 +104,54 @@ def check_paths(input_path: str, output_path: str, mode: str, *, local: bool) ->
         _check_input(Path(local_path(input_path)), input_path)
     if local and is_local(output_path):
         clean_stale(Path(os.path.abspath(local_path(output_path.rstrip("/")))))
+
+
+def check_columns(input_path: str, in_format: str, spec: ScoringSpec) -> None:
+    """A local input's files are readable (every Parquet footer) and hold the columns the model
+    reads, by name (their types are checked once Spark reads the schema). Partitioned folders
+    are left to Spark, whose reader adds their columns."""
+    root = Path(local_path(input_path))
+    files = [root]
+    if root.is_dir():
+        visible = sorted(p for p in root.iterdir() if not p.name.startswith(("_", ".")))
+        if not visible:
+            raise JobError(f"input {input_path} is an empty folder")
+        files = [p for p in visible if p.is_file()]
+        partitioned = len(files) < len(visible)
+    else:
+        partitioned = False
+    names = _parquet_columns(files) if in_format == "parquet" else _csv_columns(files[:1])
+    if names is not None and not partitioned:
+        problem = missing_column(names, spec)
+        if problem is not None:
+            raise ScoringError(problem)
+
+
+def _parquet_columns(files: list[Path]) -> list[str]:
+    """Every column name of any of the files, whose footers must all read."""
+    names: dict[str, None] = {}
+    for file in files:
+        try:
+            names.update(dict.fromkeys(pq.read_metadata(file).schema.to_arrow_schema().names))
+        except (pa.ArrowInvalid, OSError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise JobError(f"input {file} is not a readable Parquet file: {reason}") from e
+    return list(names)
+
+
+def _csv_columns(files: list[Path]) -> list[str] | None:
+    """The header of the first CSV file, as Spark's reader names the columns; None where that
+    cannot be told here (not UTF-8, repeated names, which Spark renames)."""
+    if not files:
+        return None
+    try:
+        with files[0].open(encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), [])
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    except OSError as e:
+        raise JobError(f"input {files[0]} cannot be read: {e.strerror}") from e
+    return header if len(set(header)) == len(header) else None
 
 
 def is_local(path: str) -> bool:

@@ -9,6 +9,7 @@ from pyspark.ml.linalg import VectorUDT
 from pyspark.mllib.linalg import VectorUDT as OldVectorUDT
 from pyspark.sql import types as T
 
+from batch.columns import missing_column
 from batch.errors import ScoringError
 from batch.spec import ScoringSpec, TensorInput
 from inference.inputs import FLOATS
@@ -18,13 +19,16 @@ VECTORS = (VectorUDT, OldVectorUDT)
 
 
 def check_input(schema: T.StructType, spec: ScoringSpec) -> None:
+    problem = missing_column(schema.fieldNames(), spec)
+    if problem is not None:
+        raise ScoringError(problem)
     types = {f.name: f.dataType for f in schema.fields}
     columns = ", ".join(schema.fieldNames())
     if spec.tensor_inputs:
         for info in spec.tensor_inputs:
-            _check_tensor(types.get(info.column), info, columns)
+            _check_tensor(types[info.column], info, columns)
     elif spec.features_column is not None:
-        _check_features_column(types.get(spec.features_column), spec.features_column, columns)
+        _check_features_column(types[spec.features_column], spec.features_column, columns)
     else:
         _check_features(types, spec.feature_names, columns)
 
@@ -33,9 +37,7 @@ def is_vector(kind: T.DataType) -> bool:
     return isinstance(kind, VECTORS)
 
 
-def _check_tensor(kind: T.DataType | None, info: TensorInput, columns: str) -> None:
-    if kind is None:
-        raise ScoringError(_missing(info, columns))
+def _check_tensor(kind: T.DataType, info: TensorInput, columns: str) -> None:
     depth, element = _unwrap(kind)
     rank = len(info.shape)
     if depth not in (rank, 1) and not (depth == 0 and _values(info) == 1):
@@ -54,19 +56,6 @@ def _check_tensor(kind: T.DataType | None, info: TensorInput, columns: str) -> N
             f"column {info.column!r} holds {_name(kind, element)} values; input {info.name!r} is "
             f"{info.datatype}, which takes {_takes(info)}"
         )
-
-
-def _missing(info: TensorInput, columns: str) -> str:
-    mapping = f"input_columns={{{info.name!r}: '<column>'}} (--input-columns {info.name}=<column>)"
-    if info.column == info.name:
-        return (
-            f"the model's input {info.name!r} reads a column {info.name!r}, which is not in the "
-            f"input; name its column with {mapping}; input columns: {columns}"
-        )
-    return (
-        f"column {info.column!r} (for input {info.name!r}) is not in the input; input "
-        f"columns: {columns}"
-    )
 
 
 def _unwrap(kind: T.DataType) -> tuple[int, T.DataType]:
@@ -130,9 +119,7 @@ def _name(kind: T.DataType, element: T.DataType) -> str:
     return "vector (double)" if is_vector(kind) else element.simpleString()
 
 
-def _check_features_column(kind: T.DataType | None, column: str, columns: str) -> None:
-    if kind is None:
-        raise ScoringError(f"features column {column!r} is not in the input; columns: {columns}")
+def _check_features_column(kind: T.DataType, column: str, columns: str) -> None:
     vector = is_vector(kind)
     if not vector and not (
         isinstance(kind, T.ArrayType) and isinstance(kind.elementType, T.NumericType)
@@ -146,12 +133,6 @@ def _check_features_column(kind: T.DataType | None, column: str, columns: str) -
 def _check_features(
     types: dict[str, T.DataType], feature_names: tuple[str, ...], columns: str
 ) -> None:
-    missing = [f for f in feature_names if f not in types]
-    if missing:
-        raise ScoringError(
-            f"feature column(s) {', '.join(map(repr, missing))} are not in the input; the model "
-            f"expects {', '.join(feature_names)}; input columns: {columns}"
-        )
     unusable = [
         f"{f} ({types[f].simpleString()})"
         for f in feature_names

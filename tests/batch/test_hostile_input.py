@@ -109,6 +109,36 @@ def test_a_missing_input(tmp_path: Path):
     refused(result, "none.parquet does not exist")
 
 
+def test_a_truncated_parquet_file_and_an_empty_folder(patients: Path, tmp_path: Path):
+    whole = (patients / "p.parquet").read_bytes()
+    (patients / "p.parquet").write_bytes(whole[: len(whole) // 2])
+    result = cli("--model", MODEL, "--input", str(patients), "--output", str(tmp_path / "o"))
+    refused(result, "p.parquet is not a readable Parquet file: ")
+    (tmp_path / "empty").mkdir()
+    result = cli(
+        "--model", MODEL, "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")
+    )
+    refused(result, "empty is an empty folder")
+
+
+def test_missing_feature_columns_in_parquet_and_csv(patients: Path, tmp_path: Path):
+    iris = str(MODELS / "iris")
+    result = cli("--model", iris, "--input", str(patients), "--output", str(tmp_path / "o"))
+    refused(result, "feature column(s) 'sepal_length', 'sepal_width', 'petal_length', 'petal_w")
+    csv_in = str(names_csv(tmp_path))
+    result = cli(
+        "--model",
+        MODEL,
+        "--input",
+        csv_in,
+        "--output",
+        str(tmp_path / "o"),
+        "--features-column",
+        "f",
+    )
+    refused(result, "features column 'f' is not in the input; columns: id, name, age")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its mode")
 def test_an_unreadable_input(patients: Path, tmp_path: Path):
     (patients / "p.parquet").chmod(0)
