@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,10 @@ def test_every_worker_serves_grpc(repo: Path):
     try:
         for _ in range(4):  # new connections, spread by the kernel
             client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+            deadline = time.monotonic() + 30  # the ready probe saw one worker; this may be the
+            while not client.is_model_ready("side_effects"):  # other, still loading its models
+                assert time.monotonic() < deadline, "the worker never became ready"
+                time.sleep(0.05)
             result = client.infer("side_effects", inputs(tg, CASES["side_effects"]()))
             assert result.as_numpy("class_index").shape == (3,)
             client.close()
