@@ -221,7 +221,7 @@ def _describe(array: np.ndarray) -> str:
         first = odd = None
         for text in texts:
             first = text if first is None else first
-            if not _is_number(text):
+            if not is_number(text):
                 odd = text
                 break
         return f"text such as {shown(odd)}" if odd else f"quoted numbers such as {shown(first)}"
@@ -246,7 +246,8 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN else f"{text[: SHOWN - 1]}…"
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether text reads as a number (a quoted number in a request or a spec)."""
     try:
         float(text)
     except ValueError:

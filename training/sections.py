@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from inference.inputs import is_number
+
 
 class Section(BaseModel):
     """A spec section: unknown keys are errors that list the allowed ones."""
@@ -72,7 +74,7 @@ def wrong_type(expected: str, value: Any) -> str:
         got = f"{value!r} (a decimal number; write it without a fraction or exponent)"
     elif isinstance(value, str):
         got = f"{value!r} (text)"
-        if expected in ("a whole number", "a number", "a finite number") and _is_number(value):
+        if expected in ("a whole number", "a number", "a finite number") and is_number(value):
             got = f"{value!r} (text, in quotes; write it without the quotes)"
         elif expected == "true or false" and value.lower() in ("yes", "no", "on", "off", "y", "n"):
             got = f"{value!r} (text in YAML 1.2; write true or false)"
@@ -81,14 +83,6 @@ def wrong_type(expected: str, value: Any) -> str:
     else:
         got = repr(value)
     return f"must be {expected}, got {got}"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _path(loc: tuple[int | str, ...]) -> list[str]:
