@@ -26,7 +26,7 @@ from uvicorn.supervisors import Multiprocess
 from inference import ProviderUnavailableError
 from inference.errors import describe_problems
 from inference.runtime import resolve_providers
-from serving import listener, logs, shared_metrics
+from serving import connections, listener, logs, shared_metrics
 from serving.app import create_app
 from serving.repository import model_names
 from serving.settings import Settings
@@ -77,7 +77,27 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     p.add_argument(
         "--max-delay-us", type=int, help="adaptive batching: longest wait for a batch to fill"
     )
+    add_connection_flags(p)
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+def add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """Limits on each connection and request (serving/connections.py)."""
+    g = p.add_argument_group("connections and requests")
+    g.add_argument("--header-timeout-s", type=float, help="headers complete within (default 10)")
+    g.add_argument("--body-timeout-s", type=float, help="body complete within (default 60)")
+    g.add_argument("--keep-alive-timeout-s", type=float, help="idle connection closed after (5)")
+    g.add_argument("--max-header-bytes", type=int, help="431 beyond (default 65536)")
+    g.add_argument("--max-headers", type=int, help="431 beyond this many headers (default 100)")
+    g.add_argument("--max-body-bytes", type=int, help="413 beyond (default 64 MiB)")
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections per process; 503 beyond (default: 3/4 of the open-file limit)",
+    )
+    g.add_argument(
+        "--drain-timeout-s", type=float, help="on SIGTERM, time to finish requests (default 30)"
+    )
 
 
 def check(settings: Settings) -> None:
@@ -150,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "log_config": None,
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.drain_timeout_s,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "http": connections.protocol(settings),
         "log_level": settings.log_level,
     }
     if settings.workers == 1:

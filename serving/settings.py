@@ -104,7 +104,25 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     """An inference running longer answers 504."""
     drain_timeout_s: float = Field(default=30.0, ge=0)
-    """On SIGTERM, how long in-flight requests may take to finish."""
+    """On SIGTERM, how long in-flight requests may take to finish; one not answered by then
+    gets 503."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A request's headers must be complete this long after the connection opened, or after
+    the first byte that follows the previous answer: past it, 408 (or a plain close when
+    nothing came) (serving/connections.py)."""
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    """A request's body must be complete this long after its headers: past it, 408."""
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    """An idle connection between requests is closed after this long (uvicorn's
+    `timeout_keep_alive`)."""
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """A request line and headers larger than this are refused with 431."""
+    max_headers: int = Field(default=100, ge=1)
+    """More request headers than this are refused with 431."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Open connections per worker process; a new one beyond is answered 503 with Retry-After
+    and closed. Default: three quarters of the process's open-file limit, at most 4096."""
 
     @field_validator("workers", mode="before")
     @classmethod
