@@ -25,7 +25,7 @@ from serving.errors import install_handlers
 from serving.hot_path import HotStack, ServingApp
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from serving.protocol import health, repository_api, v1, v2
+from serving.protocol import extensions, health, repository_api, v1, v2
 from serving.repository import ModelRepository
 from serving.settings import Settings
 from serving.shared_metrics import SharedMetrics
@@ -100,7 +100,8 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
         lifespan=lifespan,
     )
     app.dataplane = plane  # an attribute, not `app.state`: `State` finds it only after a miss
-    for router in (health.router, v2.router, repository_api.router, v1.router):
+    # extensions first: its /v2/models/stats must win over v2's /v2/models/{name}
+    for router in (health.router, extensions.router, v2.router, repository_api.router, v1.router):
         app.include_router(router)
 
     @app.get(

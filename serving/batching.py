@@ -47,8 +47,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import inference
 from serving.errors import InferenceTimeout
+from serving.statistics import FOLD_VALUES, ModelStats
 
 Outputs = dict[str, np.ndarray]
+Times = tuple[float, float, float, float]
+"""A run's `time.perf_counter()` readings: began, inputs merged, run ended, outputs split."""
+Results = tuple[list["Outputs | BaseException"], Times | None]
+"""Each request's outputs or error, and the run's clock readings (None: it failed)."""
 Feeds = Mapping[str, np.ndarray]
 MERGED_TO_WAIT = 0.1
 """Requests wait for others while at least this share of recent batches merged requests."""
@@ -147,6 +152,7 @@ class Batcher:
         timeout_s: float = 30.0,
         max_running: int = 1,
         observer: BatchObserver | None = None,
+        stats: ModelStats | None = None,
     ):
         self._model = weakref.ref(model)
         """Weakly: the service keeps one batcher per model version, keyed weakly by the version
@@ -158,6 +164,8 @@ class Batcher:
         self._inline_max_s = inline_max_us / 1e6
         self._max_running = max_running
         self._observer = observer or BatchObserver()
+        self._stats = stats
+        """Where each run is counted (Triton's statistics), on the event loop."""
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self._running = 0
@@ -235,7 +243,20 @@ class Batcher:
         cost more than a small model's run)."""
         self._observer.queued(0.0)
         self._note_batch(rows, 1)
-        return self._run(model, feeds, outputs)
+        start = time.perf_counter()
+        result = self._run(model, feeds, outputs)
+        if self._stats is not None:
+            done = time.perf_counter()
+            self._count(self._stats, rows, 1, 0.0, (start, start, done, done))
+        return result
+
+    @staticmethod
+    def _count(stats: ModelStats, rows: int, requests: int, queued_s: float, times: Times) -> None:
+        """Record a run in the statistics: numbers added to a list, folded in bulk."""
+        executions = stats.executions
+        executions += (rows, requests, queued_s, *times)
+        if len(executions) >= FOLD_VALUES:
+            stats.fold()
 
     def _note_batch(self, rows: int, requests: int) -> None:
         """Report a run to the observer and count it in the share of batches that merged."""
@@ -302,14 +323,14 @@ class Batcher:
         self._running += 1
         self._in_flight.append(batch)
         if self._inline(batch[0].model, rows):
-            self._finish(loop, batch, self._run_batch(batch))
+            self._finish(loop, batch, *self._run_batch(batch))
             return
         try:
             future = loop.run_in_executor(self._executor, self._run_batch, batch)
         except RuntimeError as e:  # the executor is shut down: the server is stopping
             self._finish(loop, batch, [e for _ in batch])
             return
-        future.add_done_callback(lambda done: self._finish(loop, batch, _results(done, batch)))
+        future.add_done_callback(lambda done: self._finish(loop, batch, *_results(done, batch)))
 
     def _take(self, now: float) -> list[_Request]:
         """Requests from the head of the queue up to `max_batch_size` rows (a larger request
@@ -336,23 +357,29 @@ class Batcher:
         self._queue.extendleft(reversed(passed))
         return batch
 
-    def _run_batch(self, batch: list[_Request]) -> list[Outputs | BaseException]:
+    def _run_batch(self, batch: list[_Request]) -> Results:
         """One merged run, split back per request; if it fails, each request on its own."""
+        began = time.perf_counter()
         if len(batch) == 1:
-            return [self._run_alone(batch[0])]
+            result = self._run_alone(batch[0])
+            done = time.perf_counter()
+            failed = isinstance(result, BaseException)
+            return [result], None if failed else (began, began, done, done)
         names = list(dict.fromkeys(n for r in batch for n in r.outputs))
         feeds = {name: np.concatenate([r.feeds[name] for r in batch]) for name in batch[0].feeds}
+        merged_at = time.perf_counter()
         try:
             merged = self._run(batch[0].model, feeds, names)
         except Exception:
-            return [self._run_alone(r) for r in batch]
+            return [self._run_alone(r) for r in batch], None
+        ran_at = time.perf_counter()
         results: list[Outputs | BaseException] = []
         start = 0
         for request in batch:
             end = start + request.rows
             results.append({n: merged[n][start:end] for n in request.outputs})
             start = end
-        return results
+        return results, (began, merged_at, ran_at, time.perf_counter())
 
     def _run_alone(self, request: _Request) -> Outputs | BaseException:
         try:
@@ -365,7 +392,11 @@ class Batcher:
         loop: asyncio.AbstractEventLoop,
         batch: list[_Request],
         results: list[Outputs | BaseException],
+        times: Times | None = None,
     ) -> None:
+        if times is not None and self._stats is not None:
+            waited = sum(times[0] - r.enqueued for r in batch)
+            self._count(self._stats, sum(r.rows for r in batch), len(batch), waited, times)
         for request, result in zip(batch, results, strict=True):
             if request.future.done():
                 continue
@@ -380,13 +411,11 @@ class Batcher:
         self._schedule(loop)
 
 
-def _results(
-    done: asyncio.Future[list[Outputs | BaseException]], batch: list[_Request]
-) -> list[Outputs | BaseException]:
+def _results(done: asyncio.Future[Results], batch: list[_Request]) -> Results:
     """The executor's answer, or its failure (e.g. shut down) for every request of the batch."""
     if done.cancelled():
-        return [asyncio.CancelledError() for _ in batch]
+        return [asyncio.CancelledError() for _ in batch], None
     error = done.exception()
     if error is not None:
-        return [error for _ in batch]
+        return [error for _ in batch], None
     return done.result()

@@ -6,7 +6,8 @@ work (the thread must win the GIL back from a busy loop after a 5 µs run); anyt
 to a small dedicated executor, bounded by the request timeout, so the loop never stalls. With
 adaptive batching on for a model (`serving/batching.py`), its requests go through its batcher,
 which applies the same rule to each merged run. Both protocols (v2 and v1) share this path, so
-their answers cannot differ.
+their answers cannot differ, and so are counted once in each model version's statistics
+(`serving/statistics.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from math import isfinite
 
 import numpy as np
@@ -28,6 +30,9 @@ from serving.errors import InferenceTimeout, ModelNotReady, NonFiniteOutput, Pay
 from serving.metrics import Metrics
 from serving.repository import ModelEntry, ModelRepository
 from serving.settings import Settings
+from serving.statistics import FOLD_VALUES, ModelStats
+
+Outputs = dict[str, np.ndarray]
 
 
 def _check_finite(model: inference.Model, name: str, array: np.ndarray) -> None:
@@ -39,6 +44,14 @@ def _check_finite(model: inference.Model, name: str, array: np.ndarray) -> None:
             f"in row {row}, for inputs it accepted; the model is broken or the input is outside "
             "what it was trained on"
         )
+
+
+@dataclass(slots=True)
+class Lane:
+    """What the data plane keeps per loaded model version: its batcher and its statistics."""
+
+    batcher: Batcher | None
+    stats: ModelStats = field(default_factory=ModelStats)
 
 
 class DataPlane:
@@ -59,10 +72,9 @@ class DataPlane:
         """Set where the service owns its process: settled after each change of the models."""
         self.executor = self._new_executor()
         self._inline_s = settings.inline_max_us / 1e6
-        self._batchers: weakref.WeakKeyDictionary[inference.Model, Batcher | None] = (
-            weakref.WeakKeyDictionary()
-        )
-        """One per loaded model version; a reloaded version gets a new one."""
+        self._lanes: weakref.WeakKeyDictionary[inference.Model, Lane] = weakref.WeakKeyDictionary()
+        """One per loaded model version; a reloaded version gets a new one (its statistics
+        start again, as Triton's do)."""
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(
@@ -73,7 +85,9 @@ class DataPlane:
         """(Re)open for requests: the app's lifespan may start and stop more than once."""
         if self.stopping:
             self.executor = self._new_executor()
-            self._batchers.clear()  # they hold the old executor
+            for model, lane in list(self._lanes.items()):  # batchers hold the old executor
+                if lane.batcher is not None:
+                    lane.batcher = self._new_batcher(model, lane.stats)
         self.stopping = False
 
     @property
@@ -112,36 +126,59 @@ class DataPlane:
 
     async def infer(
         self, model: inference.Model, feeds: Mapping[str, np.ndarray], outputs: list[str] | None
-    ) -> dict[str, np.ndarray]:
+    ) -> Outputs:
         """Run one request's named tensors; checks them (`Model.check`), limits and time,
-        and the answer: NaN or infinity in an output is an error (`NonFiniteOutput`)."""
-        checked = model.check(feeds)
-        rows = model.rows(checked)
-        if rows > self.settings.max_batch_rows:
-            raise PayloadTooLarge(
-                f"{rows} rows in one request exceed the limit of {self.settings.max_batch_rows}; "
-                "split the batch"
-            )
-        self.metrics.observe_request_rows(model.name, model.version, rows)
-        batcher = self._batcher(model)
-        if batcher is not None:  # it keeps the request timeout
-            result = await batcher.submit(checked, rows, outputs)
-        elif (latency := model.latency) is not None and latency.estimate(rows) <= self._inline_s:
-            result = self.run(model, checked, outputs)
+        and the answer: NaN or infinity in an output is an error (`NonFiniteOutput`). Counted
+        in the model version's statistics, success or failure."""
+        start = time.perf_counter()
+        lane = self.lane(model)
+        try:
+            checked = model.check(feeds)
+            rows = model.rows(checked)
+            if rows > self.settings.max_batch_rows:
+                raise PayloadTooLarge(
+                    f"{rows} rows in one request exceed the limit of "
+                    f"{self.settings.max_batch_rows}; split the batch"
+                )
+            self.metrics.observe_request_rows(model.name, model.version, rows)
+            batcher, latency = lane.batcher, model.latency
+            if batcher is not None:  # it keeps the request timeout and records its runs
+                result = await batcher.submit(checked, rows, outputs)
+                submitted = begun = done = 0.0
+            elif latency is not None and latency.estimate(rows) <= self._inline_s:
+                result, begun, done = self._timed(model, checked, outputs)
+                submitted = begun
+            else:
+                submitted = time.perf_counter()
+                result, begun, done = await self._in_executor(model, checked, outputs)
+            for name, array in result.items():  # one sum per float output: NaN, inf propagate
+                if array.dtype.kind == "f" and not isfinite(total(array)):
+                    _check_finite(model, name, array)
+        except Exception:
+            lane.stats.failed(time.perf_counter() - start)
+            raise
+        stats = lane.stats  # numbers added to a list, folded in bulk (serving/statistics.py)
+        if begun:
+            alone = stats.alone
+            alone += (rows, start, submitted, begun, done)
+            if len(alone) >= FOLD_VALUES:
+                stats.fold()
         else:
-            result = await self._in_executor(model, checked, outputs)
-        for name, array in result.items():  # one sum per float output: NaN and inf propagate
-            if array.dtype.kind == "f" and not isfinite(total(array)):
-                _check_finite(model, name, array)
+            answered = stats.answered
+            answered += (rows, start, time.perf_counter())
+            if len(answered) >= FOLD_VALUES:
+                stats.fold()
         return result
 
     async def _in_executor(
         self, model: inference.Model, checked: Mapping[str, np.ndarray], outputs: list[str] | None
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[Outputs, float, float]:
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self.executor, self.run, model, checked, outputs)
+                return await loop.run_in_executor(
+                    self.executor, self._timed, model, checked, outputs
+                )
         except TimeoutError:
             raise InferenceTimeout(
                 f"inference took longer than {self.settings.request_timeout_s}s"
@@ -149,35 +186,47 @@ class DataPlane:
 
     def run(
         self, model: inference.Model, feeds: Mapping[str, np.ndarray], outputs: list[str] | None
-    ) -> dict[str, np.ndarray]:
+    ) -> Outputs:
         """One `session.run`, timed (on the event loop or in the executor)."""
+        return self._timed(model, feeds, outputs)[0]
+
+    def _timed(
+        self, model: inference.Model, feeds: Mapping[str, np.ndarray], outputs: list[str] | None
+    ) -> tuple[Outputs, float, float]:
+        """`run`, with the clock's readings before and after (for the statistics)."""
         start = time.perf_counter()
         result = model.outputs(feeds, outputs)
-        self.metrics.observe_inference(model.name, model.version, time.perf_counter() - start)
-        return result
+        done = time.perf_counter()
+        self.metrics.observe_inference(model.name, model.version, done - start)
+        return result, start, done
 
-    def _batcher(self, model: inference.Model) -> Batcher | None:
-        """The model version's adaptive batcher, made on its first request; None when off, or
-        when the model cannot be batched (a fixed first dimension, as Triton's rule)."""
+    def lane(self, model: inference.Model) -> Lane:
+        """The model version's batcher and statistics, made on first use (on the loop)."""
         try:
-            return self._batchers[model]
+            return self._lanes[model]
         except KeyError:
             pass
+        lane = self._lanes[model] = Lane(None)
+        lane.batcher = self._new_batcher(model, lane.stats)
+        return lane
+
+    def _new_batcher(self, model: inference.Model, stats: ModelStats) -> Batcher | None:
+        """The model version's adaptive batcher; None when off, or when the model cannot be
+        batched (a fixed first dimension, as Triton's rule)."""
         config = self.repository.batching(model)
-        batcher = None
-        if config.enabled and model.metadata.batchable:
-            batcher = Batcher(
-                model,
-                config,
-                self.run,
-                self.executor,
-                inline_max_us=self.settings.inline_max_us,
-                timeout_s=self.settings.request_timeout_s,
-                max_running=self.settings.inference_workers,
-                observer=self.metrics.batch_observer(model.name, model.version),
-            )
-        self._batchers[model] = batcher
-        return batcher
+        if not (config.enabled and model.metadata.batchable):
+            return None
+        return Batcher(
+            model,
+            config,
+            self.run,
+            self.executor,
+            inline_max_us=self.settings.inline_max_us,
+            timeout_s=self.settings.request_timeout_s,
+            max_running=self.settings.inference_workers,
+            observer=self.metrics.batch_observer(model.name, model.version),
+            stats=stats,
+        )
 
     def close(self) -> None:
         """Stop taking requests; runs in flight finish first."""

@@ -84,6 +84,8 @@ class ModelEntry:
     versions: dict[int, VersionState] = field(default_factory=dict)
     reason: str = ""
     """Why the model as a whole is unavailable (bad serving section, no bundle, unloaded)."""
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    """Which versions its `model.yaml` serves (reported by the model configuration)."""
 
     @functools.cached_property
     def ready_versions(self) -> list[int]:
@@ -215,7 +217,9 @@ class ModelRepository:
             return ModelEntry(name, reason=reason)
         batching = self.default_batching.override(section.batching)
         return ModelEntry(
-            name, {v: self._load_version(name, folder, v, batching) for v in selected}
+            name,
+            {v: self._load_version(name, folder, v, batching) for v in selected},
+            policy=section.version_policy,
         )
 
     def batching(self, model: inference.Model) -> BatchingConfig:

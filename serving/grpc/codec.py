@@ -20,6 +20,7 @@ import numpy as np
 
 from inference.metadata import BundleMetadata
 from serving.errors import BadRequest
+from serving.protocol.classification import MISPLACED, PARAMETER, class_count, classify
 from serving.protocol.codec import DTYPES, LENGTH
 
 CONTENTS = {
@@ -32,7 +33,6 @@ CONTENTS = {
     "BYTES": "bytes_contents",
 }  # fmt: skip
 """The typed field of `InferTensorContents` that holds each datatype (none holds FP16)."""
-CLASSIFICATION = "the classification extension is not supported; read 'scores'"
 
 
 @dataclass(slots=True)
@@ -42,12 +42,14 @@ class DecodedRequest:
     """Requested output names, or None for the model's default outputs (as over HTTP)."""
     raw: bool
     """Whether the request sent raw contents (and so gets raw outputs)."""
+    classify: dict[str, int] | None = None
+    """Outputs answered as their top classes (the classification extension), and how many."""
 
 
 def decode_request(request: Any, metadata: BundleMetadata) -> DecodedRequest:
     """A `ModelInferRequest` as named arrays, with its requested outputs."""
     if "classification" in request.parameters:
-        raise BadRequest(CLASSIFICATION)
+        raise BadRequest(MISPLACED)
     _check_names([t.name for t in request.inputs], metadata)
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -70,7 +72,8 @@ def decode_request(request: Any, metadata: BundleMetadata) -> DecodedRequest:
             arrays[tensor.name] = _from_raw(tensor.name, tensor.datatype, shape, raw[index])
         else:
             arrays[tensor.name] = _from_contents(tensor, shape)
-    return DecodedRequest(arrays, _requested_outputs(request, metadata), bool(raw))
+    outputs = _requested_outputs(request, metadata)
+    return DecodedRequest(arrays, outputs, bool(raw), _class_counts(request, metadata))
 
 
 def _check_names(names: list[str], metadata: BundleMetadata) -> None:
@@ -147,8 +150,6 @@ def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
 def _requested_outputs(request: Any, metadata: BundleMetadata) -> list[str] | None:
     if not request.outputs:
         return None
-    if any("classification" in o.parameters for o in request.outputs):
-        raise BadRequest(CLASSIFICATION)
     known = [o.name for o in metadata.outputs]
     names = [o.name for o in request.outputs]
     unknown = [n for n in names if n not in known]
@@ -157,15 +158,30 @@ def _requested_outputs(request: Any, metadata: BundleMetadata) -> list[str] | No
     return names
 
 
+def _class_counts(request: Any, metadata: BundleMetadata) -> dict[str, int] | None:
+    """The outputs requested with the classification extension's parameter (None: none)."""
+    counts = {}
+    for output in request.outputs:
+        if PARAMETER in output.parameters:
+            parameter = output.parameters[PARAMETER]
+            kind = parameter.WhichOneof("parameter_choice")
+            value = getattr(parameter, kind) if kind else None
+            counts[output.name] = class_count(output.name, value, metadata)
+    return counts or None
+
+
 def encode_response(
     response: Any,
     outputs: dict[str, np.ndarray],
     metadata: BundleMetadata,
-    raw: bool,
+    decoded: DecodedRequest,
 ) -> Any:
     """Fill `response` (a `ModelInferResponse` with its name, version and id set)."""
     datatypes = {o.name: o.datatype for o in metadata.outputs}
-    raw = raw or any(CONTENTS.get(datatypes[n]) is None for n in outputs)
+    if decoded.classify:
+        outputs = classify(outputs, decoded.classify, metadata)
+        datatypes.update(dict.fromkeys(decoded.classify, "BYTES"))
+    raw = decoded.raw or any(CONTENTS.get(datatypes[n]) is None for n in outputs)
     for name, array in outputs.items():
         datatype = datatypes[name]
         tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)

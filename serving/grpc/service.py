@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format  # type: ignore[import-untyped]
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -27,6 +29,7 @@ from serving.dataplane import DataPlane
 from serving.errors import ModelNotFound, ModelNotReady, ServingError
 from serving.grpc.codec import decode_request, encode_response
 from serving.protocol import v2
+from serving.protocol.extensions import model_config, statistics
 from serving.protocol.repository_api import index_rows, load_model
 
 log = logging.getLogger("serving")
@@ -96,7 +99,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                 versions=[str(v) for v in entry.ready_versions],
                 platform=v2.PLATFORM,
                 inputs=[_tensor(t) for t in meta.inputs],
-                outputs=[_tensor(t) for t in meta.outputs],
+                outputs=[_tensor(t) for t in meta.outputs if t.role != "layer"],  # as over HTTP
             )
 
         return await self._answer(context, "ModelMetadata", work)
@@ -110,7 +113,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             response = pb.ModelInferResponse(
                 model_name=request.model_name, model_version=call.version, id=request.id
             )
-            return encode_response(response, outputs, model.metadata, decoded.raw)
+            return encode_response(response, outputs, model.metadata, decoded)
 
         return await self._answer(context, "ModelInfer", work)
 
@@ -140,14 +143,18 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         await _unimplemented(context, "streaming inference (ModelStreamInfer)", "call ModelInfer")
 
     async def ModelConfig(self, request: Any, context: Context) -> Any:  # noqa: N802
-        await _unimplemented(
-            context, "the model configuration extension (ModelConfig)", "read ModelMetadata"
-        )
+        async def work(call: Call) -> Any:
+            config = model_config(self.plane, request.name, request.version or None)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, mc.ModelConfig()))
+
+        return await self._answer(context, "ModelConfig", work)
 
     async def ModelStatistics(self, request: Any, context: Context) -> Any:  # noqa: N802
-        await _unimplemented(
-            context, "the statistics extension (ModelStatistics)", "read /metrics over HTTP"
-        )
+        async def work(call: Call) -> Any:
+            stats = statistics(self.plane, request.name, request.version)
+            return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+        return await self._answer(context, "ModelStatistics", work)
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:  # noqa: N802
         await _unimplemented(context, *SHARED_MEMORY)

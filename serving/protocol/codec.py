@@ -32,6 +32,7 @@ from inference.errors import describe_problems
 from inference.inputs import as_array, holds_booleans, shown
 from inference.metadata import BundleMetadata, InputInfo
 from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from serving.protocol.classification import MISPLACED, PARAMETER, class_count, classify
 from serving.schemas import InferenceRequest, RequestInput
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -79,6 +80,8 @@ class DecodedRequest:
     binary_flags: dict[str, bool]
     """Outputs whose request said `binary_data` explicitly; the others follow the default."""
     binary_default: bool
+    classify: dict[str, int] | None = None
+    """Outputs answered as their top classes (the classification extension), and how many."""
 
 
 def split_body(raw: bytes, headers: Mapping[str, str], limit: int) -> Body:
@@ -187,7 +190,7 @@ def _validated_request(
         raise BadRequest("'id' is not valid Unicode text (it holds a lone surrogate escape)")
     parameters = request.parameters or {}
     if "classification" in parameters:
-        raise BadRequest("the classification extension is not supported; read 'scores'")
+        raise BadRequest(MISPLACED)
     binary_default = parameters.get("binary_data_output", False)
     if type(binary_default) is not bool:
         raise BadRequest(f"'binary_data_output' must be true or false, got {binary_default!r}")
@@ -199,6 +202,7 @@ def _validated_request(
         outputs=outputs,
         binary_flags=flags,
         binary_default=binary_default,
+        classify=_class_counts(request, metadata),
     )
 
 
@@ -523,6 +527,16 @@ def _requested_outputs(
     return names, {name: flag is True for name, flag in flags.items()}
 
 
+def _class_counts(request: InferenceRequest, metadata: BundleMetadata) -> dict[str, int] | None:
+    """The outputs requested with the classification extension's parameter (None: none)."""
+    counts = {
+        o.name: class_count(o.name, o.parameters[PARAMETER], metadata)
+        for o in request.outputs or ()
+        if o.parameters and PARAMETER in o.parameters
+    }
+    return counts or None
+
+
 def encode_response(
     outputs: dict[str, np.ndarray],
     metadata: BundleMetadata,
@@ -532,6 +546,9 @@ def encode_response(
     """The response body and its headers (content type; header length when binary);
     `model_name` is the name the client called the model by (default: the bundle's)."""
     datatypes = {o.name: o.datatype for o in metadata.outputs}
+    if request.classify:
+        outputs = classify(outputs, request.classify, metadata)
+        datatypes.update(dict.fromkeys(request.classify, "BYTES"))
     described, blobs = [], []
     flags, default = request.binary_flags, request.binary_default
     for name, array in outputs.items():

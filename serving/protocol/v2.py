@@ -19,7 +19,7 @@ from serving.schemas import InferenceResponse, ModelMetadata, ModelReadyResponse
 
 router = APIRouter(tags=["Open Inference Protocol v2"], responses=ERRORS)
 SERVER_NAME = "onnx-bundle-serving"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 PLATFORM = "onnx_onnxv1"
 
 
@@ -31,6 +31,7 @@ def server_version() -> str:
 
 
 @router.get("/v2", response_model=ServerMetadata)
+@router.get("/v2/", response_model=ServerMetadata, include_in_schema=False)  # the spec's YAML
 async def server_metadata() -> JSONResponse:
     return JSONResponse(
         {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
@@ -38,6 +39,10 @@ async def server_metadata() -> JSONResponse:
 
 
 def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
+    """The model's signature. `outputs` are what a request that names none gets (the spec's
+    rule); hidden-layer outputs, which a request may still name, are listed apart in
+    `parameters.hidden_outputs`: returned by default, they would multiply a tabular model's
+    answer (side_effects: 41 values a row instead of 3)."""
     plane = dataplane(request)
     model = plane.model(name, version)
     entry = plane.repository.entry(name)
@@ -47,12 +52,12 @@ def model_metadata(request: Request, name: str, version: str | None = None) -> J
         "versions": [str(v) for v in entry.ready_versions],
         "platform": PLATFORM,
         "inputs": [_tensor(t) for t in meta.inputs],
-        "outputs": [_tensor(t) for t in meta.outputs],
+        "outputs": [_tensor(t) for t in meta.outputs if t.role != "layer"],
         "parameters": {
             "version": str(meta.version),
             "feature_names": meta.feature_names,
             "classes": meta.classes,
-            "default_outputs": meta.default_outputs,
+            "hidden_outputs": [_tensor(t) for t in meta.outputs if t.role == "layer"],
             "providers": model.providers,
         },
     })  # fmt: skip

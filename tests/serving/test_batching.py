@@ -545,4 +545,4 @@ def test_a_model_with_a_fixed_first_dimension_is_never_batched(tmp_path: Path):
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["data"] == [0, 0, 2]
         plane = client.app.dataplane  # type: ignore[attr-defined]
-        assert plane._batcher(plane.model("fixed")) is None
+        assert plane.lane(plane.model("fixed")).batcher is None

@@ -327,14 +327,7 @@ def test_unknown_model_and_version_are_not_found(client, server):  # type: ignor
 
 
 def test_extensions_not_served_are_unimplemented_with_a_reason(client):  # type: ignore[no-untyped-def]
-    with pytest.raises(InferenceServerException) as raised:
-        client.get_model_config("side_effects")
-    assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert (
-        "model configuration extension (ModelConfig) is not implemented" in raised.value.message()
-    )
-    for call, words in [
-        (lambda: client.get_inference_statistics("side_effects"), "statistics extension"),
+    for call, words in [  # config and statistics: tests/serving/test_extensions.py
         (client.get_system_shared_memory_status, "shared-memory extension"),
         (client.get_trace_settings, "trace extension"),
     ]:

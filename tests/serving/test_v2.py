@@ -38,7 +38,12 @@ def test_health_and_server_metadata(client: TestClient):
     assert client.get("/v2/health/ready").json() == {"ready": True}
     meta = client.get("/v2").json()
     assert meta["name"] == "onnx-bundle-serving"
-    assert set(meta["extensions"]) == {"binary_tensor_data", "model_repository"}
+    assert set(meta["extensions"]) == {
+        "binary_tensor_data",
+        "model_repository",
+        "model_configuration",
+        "statistics",
+    }
 
 
 @pytest.mark.parametrize("path", ["/v2/models/side_effects", "/v2/models/side_effects/versions/1"])
@@ -420,7 +425,7 @@ BAD_REQUESTS: list[tuple[str, Any, dict[str, str], int, str]] = [
         {"inputs": [tensor([[70.0]])], "parameters": {"classification": 2}},
         {},
         400,
-        "classification extension is not supported",
+        "'classification' is a parameter of a requested output",
     ),
     (
         "binary sizes do not add up",
