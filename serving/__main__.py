@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
         "http": connections.protocol(settings),
+        "ws": "none",  # no WebSocket routes: an Upgrade request is answered as plain HTTP
         "log_level": settings.log_level,
     }
     if settings.workers == 1:

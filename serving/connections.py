@@ -194,8 +194,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            else:  # served as plain HTTP; uvicorn's two warnings per request would let any
+                log.debug("%s: an Upgrade request, served as plain HTTP", self.peer)  # flood
             return
         except httptools.HttpParserError as e:
             self.refuse_request(e)
@@ -225,7 +225,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = True
         self.head_bytes = 0
         cycle = self.cycle  # uvicorn's on_message_complete, inlined: this runs per request
-        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
         cycle.more_body = False
         cycle.message_event.set()

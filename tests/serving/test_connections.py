@@ -53,7 +53,8 @@ LIMITS = (
 def server() -> Iterator[Server]:
     s = Server("--repo", "models", "--models", "side_effects", *LIMITS).wait_ready()
     yield s
-    s.stop()
+    log = s.output()
+    assert "Traceback" not in log and "WARNING uvicorn" not in log, log  # all client faults
 
 
 def connect(server: Server) -> socket.socket:
@@ -175,6 +176,15 @@ def test_too_many_headers_are_431(server: Server):
     many = b"".join(b"X-%d: 1\r\n" % i for i in range(60))
     sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n" + many + b"\r\n")
     refused(sock, 431, "max_headers")
+
+
+def test_an_upgrade_request_is_served_as_plain_http(server: Server):
+    sock = connect(server)
+    upgrade = b"Upgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: 13\r\n"
+    key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n" + upgrade + key + b"\r\n")
+    got, _, body, _ = answer(sock)
+    assert got == 200 and json.loads(body) == {"live": True}
 
 
 def test_connections_beyond_the_cap_get_503_and_the_rest_are_served(server: Server):
