@@ -261,3 +261,47 @@ def test_a_model_without_a_batch_axis_counts_requests(http):  # type: ignore[no-
     found = stat(http, "fixed")
     assert (found["inference_count"], found["execution_count"]) == (1, 1)
     assert [b["batch_size"] for b in found["batch_stats"]] == [1]
+
+
+def test_requests_run_in_the_executor_are_counted(make_client):  # type: ignore[no-untyped-def]
+    client = make_client(inline_max_us=0)  # every run goes to the executor's threads
+    body = {"inputs": [{"name": "features", "shape": [2, 1], "datatype": "FP32", "data": [1, 2]}]}
+    for _ in range(3):
+        assert client.post("/v2/models/side_effects/infer", json=body).status_code == 200
+    (found,) = client.get("/v2/models/side_effects/versions/1/stats").json()["model_stats"]
+    stats = found["inference_stats"]
+    assert (found["inference_count"], found["execution_count"]) == (6, 3)
+    assert stats["success"]["count"] == stats["queue"]["count"] == 3
+    assert stats["queue"]["ns"] > 0 and stats["compute_infer"]["ns"] > 0
+    parts = sum(stats[p]["ns"] for p in ("queue", "compute_input", "compute_infer"))
+    assert parts <= stats["success"]["ns"]
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in found["batch_stats"]] == [
+        (2, 3)
+    ]
+
+
+def test_records_fold_into_the_same_totals_whenever_folded():
+    from serving.statistics import ModelStats
+
+    stats = ModelStats()
+    for i in range(5):  # 2 rows, checked in 1 s, queued 0.5 s, run in 2 s
+        stats.alone += (2, 10.0 * i, 10.0 * i + 1, 10.0 * i + 1.5, 10.0 * i + 3.5)
+        if i == 2:
+            stats.fold()
+    stats.executions += (6, 3, 0.75, 100.0, 100.25, 101.25, 101.5)  # 3 requests merged
+    stats.answered += (2, 99.0, 102.0, 2, 99.0, 102.0, 2, 99.5, 102.0)
+    found = stats.report("m", 1, batchable=True)
+    ns = 1_000_000_000
+    assert (found["inference_count"], found["execution_count"]) == (16, 6)
+    got = {k: (v["count"], v["ns"]) for k, v in found["inference_stats"].items()}
+    assert got["success"] == (8, round((5 * 3.5 + 3 + 3 + 2.5) * ns))
+    assert got["queue"] == (8, round((5 * 0.5 + 0.75) * ns))
+    assert got["compute_input"] == (8, round((5 * 1 + 3 * 0.25) * ns))
+    assert got["compute_infer"] == (8, round((5 * 2 + 3 * 1) * ns))
+    assert got["compute_output"] == (8, round(3 * 0.25 * ns))
+    sizes = {
+        b["batch_size"]: (b["compute_infer"]["count"], b["compute_infer"]["ns"])
+        for b in found["batch_stats"]
+    }
+    assert sizes == {2: (5, 10 * ns), 6: (1, ns)}
+    assert stats.alone == stats.answered == stats.executions == []
