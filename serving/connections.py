@@ -22,7 +22,9 @@ What this adds, per connection (the settings are `serving.settings.Settings`'):
   JSON a moment before uvicorn cancels it (instead of its plain-text 500).
 Every refusal is `{"error": "..."}` with `Connection: close`; the socket then reads and drops
 what the client still sends for up to `LINGER_S` before it closes, because closing a socket
-with unread bytes sends a reset that can destroy the answer on its way.
+with unread bytes sends a reset that can destroy the answer on its way (at most an eighth of
+`max_connections` linger at once; beyond, the socket closes right after the answer, so that a
+flood of refused connections cannot take the descriptors the cap keeps free).
 
 How, at no cost per request beyond a few attribute updates: no timer per request; one sweep
 per process every `tick_s` looks at each connection's phase (head, body, or answering) and
@@ -344,12 +346,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def linger(self) -> None:
         transport = self.transport
-        if self.limits.lingering >= max(16, self.limits.max_connections // 4):
-            transport.close()  # too many lingering already: descriptors come first
-            return
-        transport.set_protocol(Lingering(transport, self.limits, self.loop))
         if transport.can_write_eof():
             transport.write_eof()
+        if self.limits.lingering >= max(16, self.limits.max_connections // 8):
+            self.loop.call_soon(transport.close)  # lingering enough already: descriptors first
+            return
+        transport.set_protocol(Lingering(transport, self.limits, self.loop))
 
 
 class Lingering(asyncio.Protocol):

@@ -9,6 +9,7 @@ import http.client
 import inspect
 import json
 import pickle
+import resource
 import select
 import signal
 import socket
@@ -24,7 +25,7 @@ from uvicorn.server import ServerState
 
 from serving import connections
 from serving.settings import Settings
-from tests.serving.conftest import Server
+from tests.serving.conftest import Server, run_cli
 
 TIMEOUT_S = 1.0
 """--header-timeout-s and --body-timeout-s of the test server; the sweep runs every 0.25 s."""
@@ -244,12 +245,43 @@ def test_a_request_still_arriving_when_the_drain_ends_gets_503_json():
     assert "Traceback" not in log and "Internal Server Error" not in log, log
 
 
+def test_idle_sockets_beyond_the_descriptors_get_503_not_resets():
+    """The reproduction: 300 idle sockets against a 256-descriptor limit reset new clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the server inherits it
+    try:
+        server = Server("--repo", "models", "--models", "side_effects", "--header-timeout-s", "3")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    server.wait_ready()
+    idle: list[socket.socket] = []
+    try:
+        idle += [connect(server) for _ in range(300)]
+        time.sleep(0.5)
+        answered = [s for s in idle if select.select([s], [], [], 0)[0]]
+        assert len(answered) == 300 - 192  # the default cap: 3/4 of 256
+        statuses = [answer(sock)[0] for sock in answered]
+        assert statuses == [503] * len(answered), statuses  # an answer, never a reset
+        late = connect(server)  # a new client while the others hold their connections
+        late.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert answer(late)[0] == 503
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
 def test_every_setting_is_a_flag_with_a_sane_default():
     defaults = Settings()
     assert (defaults.header_timeout_s, defaults.body_timeout_s) == (10, 60)
     assert (defaults.max_header_bytes, defaults.max_headers) == (65536, 100)
     assert defaults.keep_alive_timeout_s == 5 and defaults.max_connections is None
     assert 1 <= connections.default_max_connections() <= connections.DEFAULT_MAX_CONNECTIONS
+    shown = run_cli("--help").stdout
+    for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "max_connections"):
+        assert f"--{name.replace('_', '-')}" in shown
+    for name in ("max_header_bytes", "max_headers", "max_body_bytes", "drain_timeout_s"):
+        assert f"--{name.replace('_', '-')}" in shown
 
 
 # What serving/connections.py replaces or relies on inside uvicorn (read in uvicorn 0.55.0). A
