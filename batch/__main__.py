@@ -1,7 +1,9 @@
 """`python -m batch score --model models/side_effects --input data.parquet --output scored/`
 
 Scores a table with a bundle on Spark: an embedded `local[*]` by default, any cluster through
-`--master` or `spark-submit`. Errors are one line on stderr: exit 2 for a wrong argument or
+`--master` or `spark-submit`, or a Spark Connect server through `--remote sc://host:port` (or
+`SPARK_REMOTE`). Paths are local or in a store (`s3://...`: `batch.storage`). Errors are one
+line on stderr: exit 2 for a wrong argument or
 input (found before Spark starts where it can be: `batch.preflight`), 1 when the job failed or
 `--fail-on-bad-rows` found bad rows, 143 (130) when SIGTERM (Ctrl-C) stopped it.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +23,7 @@ import inference
 from batch import preflight
 from batch.errors import JobError, ScoringError
 from batch.model_spec import parse_column_map
+from batch.storage import is_local
 from inference.runtime import check_provider_names, resolve_providers
 
 
@@ -60,11 +64,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     score.add_argument("--master", help="Spark master (default local[*], or spark-submit's)")
     score.add_argument(
+        "--remote",
+        help="a Spark Connect server, e.g. sc://host:15002 (default: $SPARK_REMOTE if set)",
+    )
+    score.add_argument(
         "--io",
         choices=("auto", "arrow", "spark"),
         default="auto",
-        help="who reads and writes the files: pyarrow inside Spark's tasks (fast; local Parquet "
-        "only), Spark's own reader and writer, or auto (arrow where it can; the default)",
+        help="who reads and writes the files: pyarrow inside Spark's tasks (fast; Parquet only), "
+        "Spark's own reader and writer, or auto (arrow where it can; the default)",
     )
     score.add_argument(
         "--providers",
@@ -109,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(args: argparse.Namespace) -> list[str]:
     """Every refusal that needs no Spark (`batch.preflight`), in a second or two; the providers."""
-    local = preflight.local_master(args.master)
+    args.remote = args.remote or os.environ.get("SPARK_REMOTE") or None
+    if args.remote and args.master:
+        raise JobError("--master and --remote (or SPARK_REMOTE) exclude each other; pass one")
+    local = (
+        preflight.local_remote(args.remote) if args.remote else preflight.local_master(args.master)
+    )
     spec = preflight.check_model(
         args.model,
         args.version,
@@ -123,9 +136,9 @@ def check(args: argparse.Namespace) -> list[str]:
     else:  # only the executors can tell whether they have these; names are checked here
         check_provider_names(providers)
     in_format = preflight.input_format(args.input, args.format)
-    preflight.check_io(args.io, in_format, args.output_format, local)
+    preflight.check_io(args.io, in_format, args.output_format, local, (args.input, args.output))
     preflight.check_paths(args.input, args.output, args.mode, local=local)
-    if local and preflight.is_local(args.input):
+    if local or not is_local(args.input):
         preflight.check_columns(args.input, in_format, spec)
     return providers
 
@@ -144,7 +157,7 @@ def score(args: argparse.Namespace, providers: list[str]) -> int:
     from batch.session import spark_session
 
     try:
-        spark = spark_session(args.master)
+        spark = spark_session(args.master, remote=args.remote)
         with stopped_by_signals():  # after pyspark's SIGINT handler, which logs tracebacks
             report = run(
                 spark,

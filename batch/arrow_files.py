@@ -8,9 +8,13 @@ work. On 2 cores, Spark copying 2M rows from Parquet to Parquet with no Python a
 task reads its row groups with pyarrow, scores them with the same worker code as the UDF path
 (`score_arrays`, so the same validation and the same columns) and writes one part file.
 
+The files are opened through pyarrow's file systems (`batch.storage`): local paths, and `s3://`,
+`gs://`, `hdfs://`, ... stores. Spark runs the tasks as a DataFrame job (one row per task,
+`mapInArrow`), which classic Spark and Spark Connect both run.
+
 The job uses this path only where it is safe (`unusable` says why not, otherwise):
-- Parquet in and Parquet out, on the local file system, with a local master, so every task can
-  open the paths;
+- Parquet in and Parquet out, in a store every task can open: a remote one, or the local file
+  system with a local master;
 - a file, or a flat folder of files with one schema (Hive partition folders keep columns in
   folder names, which only Spark's reader restores);
 - column types that pyarrow writes back exactly as Spark reads them (not a Spark ML vector or
@@ -23,18 +27,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 import inference
-from batch import paths
+from batch import paths, storage
 from batch.spec import OutputColumn, ScoringSpec, output_layout
+from batch.storage import Location
 from batch.worker import flatten, model_for, score_arrays
 
 TASK_BYTES = 128 * 1024 * 1024
@@ -73,6 +78,8 @@ class Plan:
     """Each file's Arrow schema, from its footer."""
     user_types: tuple[str, ...] = ()
     """Columns that Spark wrote from a user-defined type (a Spark ML vector)."""
+    filesystem: pafs.FileSystem | None = None
+    """The file system of the files (paths in `tasks` are its paths)."""
 
     @property
     def schema(self) -> pa.Schema:
@@ -85,25 +92,34 @@ class UnreadableInput(ValueError):
 
 def unusable(spark: SparkSession, input_path: str, output_path: str) -> str | None:
     """Why this path cannot score `input_path` into `output_path`; None when it can."""
-    if not (spark.sparkContext.master or "").startswith("local"):
-        return "the master is not local: executors may not see the driver's files"
+    local_master = paths.local(spark)
     for path in (input_path, output_path):
-        if str(paths.qualified(spark, path).getScheme()) != "file":
-            return f"{path} is not on the local file system"
-    folder = Path(local_path(spark, input_path))
-    if folder.is_dir() and any(entry.is_dir() for entry in _visible(folder)):
+        if storage.is_local(path) and not local_master:
+            return f"{path} is local and the master is not: executors may not see its files"
+    try:
+        source = storage.locate(input_path)
+        storage.locate(output_path)
+    except storage.StorageError as e:
+        return str(e)
+    if storage.info(source).type == pafs.FileType.Directory and any(
+        entry.type == pafs.FileType.Directory for entry in storage.visible(source)
+    ):
         return f"{input_path} has sub-folders (partitions): Spark's reader restores their columns"
     return None
 
 
 def plan(spark: SparkSession, input_path: str) -> Plan:
     """Read every footer (on the driver) and split the row groups into tasks of similar size."""
-    root = Path(local_path(spark, input_path))
-    files = sorted(_visible(root)) if root.is_dir() else [root]
+    root = storage.locate(input_path)
+    fs = root.fs
+    if storage.info(root).type == pafs.FileType.Directory:
+        files = [f.path for f in storage.visible(root)]
+    else:
+        files = [root.path]
     footers: list[tuple[str, pq.FileMetaData]] = []
     for file in files:
         try:
-            footers.append((str(file), pq.read_metadata(file)))
+            footers.append((file, pq.read_metadata(file, filesystem=fs)))
         except (pa.ArrowInvalid, OSError) as e:
             raise UnreadableInput(f"{file} is not a readable Parquet file: {e}") from e
     groups = [
@@ -117,11 +133,9 @@ def plan(spark: SparkSession, input_path: str) -> Plan:
     schemas = {path: meta.schema.to_arrow_schema().remove_metadata() for path, meta in footers}
     user_types = tuple(sorted({c for _, meta in footers for c in _user_typed(meta)}))
     if not groups:  # no rows at all: one task writes the empty result with its schema
-        empty = [Task(0, ((str(files[0]), ()),), batch_rows)] if files else []
-        return Plan(empty, 0, schemas, user_types)
-    count = min(
-        len(groups), max(spark.sparkContext.defaultParallelism, math.ceil(size / TASK_BYTES))
-    )
+        empty = [Task(0, ((files[0], ()),), batch_rows)] if files else []
+        return Plan(empty, 0, schemas, user_types, fs)
+    count = min(len(groups), max(paths.parallelism(spark), math.ceil(size / TASK_BYTES)))
     tasks: list[Task] = []
     pieces: dict[str, list[int]] = {}
     done = 0
@@ -132,7 +146,7 @@ def plan(spark: SparkSession, input_path: str) -> Plan:
             parts = tuple((p, tuple(i)) for p, i in pieces.items())
             tasks.append(Task(len(tasks), parts, batch_rows))
             pieces = {}
-    return Plan(tasks, rows, schemas, user_types)
+    return Plan(tasks, rows, schemas, user_types, fs)
 
 
 def _user_typed(meta: pq.FileMetaData) -> list[str]:
@@ -166,32 +180,57 @@ def check_schema(input_path: str, task_plan: Plan) -> str | None:
     return None
 
 
+RESULT_SCHEMA = "rows long, bad long, first_error string"
+
+
 def score_files(
-    spark: SparkSession, spec: ScoringSpec, prefix: str, task_plan: Plan, staging: str
+    spark: SparkSession, spec: ScoringSpec, prefix: str, task_plan: Plan, staging: Location
 ) -> list[TaskResult]:
-    """Run the tasks; each writes `staging/part-NNNNN.snappy.parquet`."""
-    folder = local_path(spark, staging)
-    os.makedirs(folder)
+    """Run the tasks, one per partition of a DataFrame job; each writes
+    `staging/part-NNNNN.snappy.parquet`."""
+    staging.fs.create_dir(staging.path)
     tasks = task_plan.tasks
-    return (
-        spark.sparkContext.parallelize(tasks, max(1, len(tasks)))
-        .map(lambda task: run_task(spec, prefix, task, folder))
-        .collect()
-    )
+    source = task_plan.filesystem
+    if source is None:
+        raise ValueError("the plan has no file system")
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for index in batch.column(0).to_pylist():
+                done = run_task(spec, prefix, tasks[index], source, staging)
+                yield pa.RecordBatch.from_pylist(
+                    [{"rows": done.rows, "bad": done.bad, "first_error": done.first_error}],
+                    schema=pa.schema(
+                        [("rows", pa.int64()), ("bad", pa.int64()), ("first_error", pa.string())]
+                    ),
+                )
+
+    count = max(1, len(tasks))
+    ids = spark.range(0, len(tasks), numPartitions=count)  # one task per partition
+    return [
+        TaskResult(int(r["rows"]), int(r["bad"]), r["first_error"])
+        for r in ids.mapInArrow(run, RESULT_SCHEMA).collect()
+    ]
 
 
-def run_task(spec: ScoringSpec, prefix: str, task: Task, folder: str) -> TaskResult:
-    """The body of one task, in a Spark Python worker."""
+def run_task(
+    spec: ScoringSpec, prefix: str, task: Task, source: pafs.FileSystem, folder: Location
+) -> TaskResult:
+    """The body of one task, in a Spark Python worker. Locally the part is written under a
+    hidden name and renamed when complete; in an object store (no rename) under its own name,
+    removed again if the task fails (the job then removes the whole staging folder)."""
     model = model_for(spec)
     layout = output_layout(spec, prefix)
-    partial = os.path.join(folder, f".part-{task.index:05d}-{uuid.uuid4().hex}.inprogress")
+    final = folder.child(f"part-{task.index:05d}.snappy.parquet").path
+    hidden = folder.child(f".part-{task.index:05d}-{uuid.uuid4().hex}.inprogress").path
+    partial = final if folder.remote else hidden
     rows = bad = 0
     first_error: str | None = None
     writer: pq.ParquetWriter | None = None
     try:
         for path, groups in task.pieces:
-            source = pq.ParquetFile(path)
-            batches = source.iter_batches(task.batch_rows, list(groups), use_threads=False)
+            parquet = pq.ParquetFile(source.open_input_file(path))
+            batches = parquet.iter_batches(task.batch_rows, list(groups), use_threads=False)
             for batch in batches if groups else ():
                 scored = _score(spec, model, layout, batch)
                 errors = scored.column(-1)
@@ -200,17 +239,21 @@ def run_task(spec: ScoringSpec, prefix: str, task: Task, folder: str) -> TaskRes
                     bad += len(errors) - errors.null_count
                     first_error = first_error or errors.drop_null()[0].as_py()
                 if writer is None:
-                    writer = _writer(partial, scored.schema, source, layout)
+                    writer = _writer(folder.fs, partial, scored.schema, parquet, layout)
                 writer.write_batch(scored)
         if writer is None:  # no rows: an empty file that still has every column
-            path = task.pieces[0][0]
-            source = pq.ParquetFile(path)
-            empty = pa.RecordBatch.from_pylist([], schema=source.schema_arrow)
-            writer = _writer(partial, _score(spec, model, layout, empty).schema, source, layout)
-    finally:
+            parquet = pq.ParquetFile(source.open_input_file(task.pieces[0][0]))
+            empty = pa.RecordBatch.from_pylist([], schema=parquet.schema_arrow)
+            schema = _score(spec, model, layout, empty).schema
+            writer = _writer(folder.fs, partial, schema, parquet, layout)
+    except BaseException:
         if writer is not None:
             writer.close()
-    os.replace(partial, os.path.join(folder, f"part-{task.index:05d}.snappy.parquet"))
+            folder.fs.delete_file(partial)
+        raise
+    writer.close()
+    if partial != final:
+        folder.fs.move(partial, final)
     return TaskResult(rows, bad, first_error)
 
 
@@ -226,11 +269,16 @@ def _score(
 
 
 def _writer(
-    path: str, schema: pa.Schema, source: pq.ParquetFile, layout: list[OutputColumn]
+    fs: pafs.FileSystem,
+    path: str,
+    schema: pa.Schema,
+    source: pq.ParquetFile,
+    layout: list[OutputColumn],
 ) -> pq.ParquetWriter:
     return pq.ParquetWriter(
         path,
         schema,
+        filesystem=fs,
         compression="snappy",
         use_dictionary=_dictionary_columns(source, layout),
     )
@@ -250,16 +298,6 @@ def _dictionary_columns(source: pq.ParquetFile, layout: list[OutputColumn]) -> l
         c.name for c in layout if c.index is None and c.field in ("label", "class_index", "error")
     ]
     return text + ours
-
-
-def local_path(spark: SparkSession, path: str) -> str:
-    """`path` as Spark resolves it (relative to the driver's folder), without `file:`."""
-    return str(paths.qualified(spark, path).getPath())
-
-
-def _visible(folder: Path) -> list[Path]:
-    """What Spark's reader reads in a folder: names not starting with '_' or '.'."""
-    return [p for p in folder.iterdir() if not p.name.startswith(("_", "."))]
 
 
 def _plain(kind: pa.DataType) -> bool:

@@ -1,7 +1,10 @@
 """The batch scoring job: read a table, score it, write it atomically, report what happened.
 
-The output is written to a staging folder beside the target and renamed into place only after
-every task succeeded, so a failed or interrupted run never leaves a result that looks complete.
+The output is written to a staging folder beside the target and put in place only after every
+task succeeded (renamed, or in an object store copied with `_SUCCESS` last: `batch.storage`), so
+a failed or interrupted run never leaves a result that looks complete. The job uses the Spark
+session's own API only (no `sparkContext`, `_jvm` or `.rdd`), so it runs on classic Spark and
+on Spark Connect alike.
 """
 
 from __future__ import annotations
@@ -9,19 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from batch import arrow_files, paths, preflight
+from batch import arrow_files, paths, preflight, storage
 from batch.errors import BadRowsError, JobError
 from batch.scoring import ScoringError, prepare, scored_columns
 from batch.staging import staging_path as new_staging
+from batch.storage import Location
 from batch.worker import ScoringSpec
 
 log = logging.getLogger("batch")
@@ -63,9 +67,32 @@ not to. A multi-line CSV file is read by one task: Spark cannot split it."""
 
 
 def read_table(spark: SparkSession, path: str, fmt: Format) -> DataFrame:
-    if fmt == "csv":
-        return spark.read.options(**CSV_OPTIONS).csv(path, inferSchema=True)
-    return spark.read.parquet(path)
+    with spark_reaches(path):
+        if fmt == "csv":
+            return spark.read.options(**CSV_OPTIONS).csv(path, inferSchema=True)
+        return spark.read.parquet(path)
+
+
+_NO_CONNECTOR = ("No FileSystem for scheme", "S3AFileSystem not found", "fs.s3a.S3AFileSystem")
+
+
+@contextmanager
+def spark_reaches(path: str) -> Iterator[None]:
+    """Spark's own reader or writer on `path`: a store whose Hadoop connector is not on Spark's
+    classpath (s3:// or s3a:// without hadoop-aws) is one line saying so, not a Java trace."""
+    try:
+        yield
+    except Exception as e:
+        text = str(getattr(e, "java_exception", "") or "") + str(e)
+        if storage.is_local(path) or not any(k in text for k in _NO_CONNECTOR):
+            raise
+        scheme = path.split(":", 1)[0]
+        raise JobError(
+            f"Spark's own reader and writer cannot open {path}: no Hadoop file system for "
+            f"{scheme}:// on Spark's classpath. Spark reads S3 as s3a:// with the hadoop-aws "
+            "jars (e.g. --packages org.apache.hadoop:hadoop-aws:<Hadoop version>); Parquet in "
+            "and out needs neither: leave it to pyarrow (--io auto or arrow)"
+        ) from e
 
 
 def _read_written(spark: SparkSession, path: str, fmt: str) -> DataFrame:
@@ -92,7 +119,7 @@ def run(
     allow_cpu_fallback: bool = False,
 ) -> JobReport:
     start = time.perf_counter()
-    fs, target = paths.filesystem(spark, output_path), paths.jpath(spark, output_path)
+    target = storage.locate(output_path)
     in_format = input_format(input_path, fmt)
     _check_paths(spark, input_path, output_path, mode)
     log.info("scoring %s with %s", input_path, model)
@@ -105,7 +132,7 @@ def run(
         output_path=output_path,
     )
     if task_plan is None:
-        table = read_table(spark, input_path, in_format)
+        table = read_table(spark, for_spark(storage.locate(input_path)), in_format)
         schema = table.schema
     else:  # validated from the footers: Spark's reader is not needed at all
         schema = from_arrow_schema(task_plan.schema)
@@ -124,7 +151,7 @@ def run(
         )
     except ScoringError as e:
         raise JobError(str(e)) from e
-    staging = new_staging(output_path)
+    staging = storage.locate(new_staging(output_path))
     try:
         if task_plan is None:
             written = _write_spark(
@@ -142,15 +169,12 @@ def run(
                 f"{written.bad} of {written.rows} rows could not be scored (--fail-on-bad-rows); "
                 f"first: {written.first_error()}"
             )
-        if fs.exists(target):
-            fs.delete(target, True)
-        if not fs.rename(paths.jpath(spark, staging), target):
-            raise JobError(f"could not move the result from {staging} to {output_path}")
+        storage.commit(staging, target)
     except Exception:
-        _discard(spark, fs, staging)
+        _discard(staging)
         raise
     except BaseException:  # SIGTERM or Ctrl-C, maybe inside a py4j call
-        _in_a_new_thread(lambda: _cancel_and_discard(spark, fs, staging))
+        _in_a_new_thread(lambda: _cancel_and_discard(spark, staging))
         raise
     report = JobReport(
         output_path, written.rows, written.bad, written.tasks, time.perf_counter() - start
@@ -166,22 +190,22 @@ def run(
     return report
 
 
-def _discard(spark: SparkSession, fs: Any, staging: str) -> None:
-    """Remove the staging folder (after a failure; after success it was renamed away)."""
-    folder = paths.jpath(spark, staging)
-    if fs.exists(folder):
-        fs.delete(folder, True)
+def _discard(staging: Location) -> None:
+    """Remove the staging folder (after a failure; after success it was moved away)."""
+    try:
+        storage.delete(staging)
+    except storage.StorageError as e:
+        log.warning("could not remove the staging folder %s: %s", staging.uri, e)
 
 
-def _cancel_and_discard(spark: SparkSession, fs: Any, staging: str) -> None:
-    """Stop the job's Spark tasks, wait until none runs (so none writes again), then remove the
-    staging folder."""
-    spark.sparkContext.cancelAllJobs()
-    tracker = spark.sparkContext.statusTracker()
+def _cancel_and_discard(spark: SparkSession, staging: Location) -> None:
+    """Stop this session's Spark jobs, wait until none runs (so none writes again), then remove
+    the staging folder. `interruptAll` answers the operations it interrupted: none once every
+    job has stopped."""
     deadline = time.monotonic() + 60
-    while tracker.getActiveJobsIds() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    _discard(spark, fs, staging)
+    while spark.interruptAll() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _discard(staging)
 
 
 def _in_a_new_thread(work: Callable[[], None]) -> None:
@@ -248,10 +272,10 @@ def _write_arrow(
     spec: ScoringSpec,
     prefix: str,
     task_plan: arrow_files.Plan,
-    staging: str,
+    staging: Location,
 ) -> Written:
     results = arrow_files.score_files(spark, spec, prefix, task_plan, staging)
-    Path(arrow_files.local_path(spark, staging), "_SUCCESS").touch()
+    storage.mark_success(staging)
     errors = [r.first_error for r in results if r.first_error is not None]
     return Written(
         sum(r.rows for r in results),
@@ -268,11 +292,10 @@ def _write_spark(
     *,
     prefix: str,
     output_format: Format,
-    staging: str,
+    staging: Location,
 ) -> Written:
     scored = scored_columns(table, spec, prefix)
-    partitions = table.rdd.getNumPartitions()
-    log.info("scoring through Spark SQL: %d partition(s)", partitions)
+    log.info("scoring through Spark SQL")
     if output_format == "csv":  # CSV has no arrays: write them as JSON text
         scored = scored.select(
             *[
@@ -283,11 +306,18 @@ def _write_spark(
             ]
         )
     options = CSV_OPTIONS if output_format == "csv" else {}
-    scored.write.format(output_format).options(**options).save(staging)
-    rows, bad = _count(spark, staging, output_format, f"{prefix}error")
-    return Written(
-        rows, bad, partitions, lambda: _first_error(spark, staging, output_format, prefix)
-    )
+    where = for_spark(staging)
+    with spark_reaches(where):
+        scored.write.format(output_format).options(**options).save(where)
+    parts = [f for f in storage.visible(staging) if f.base_name.startswith("part-")]
+    rows, bad = _count(spark, where, output_format, f"{prefix}error")
+    return Written(rows, bad, len(parts), lambda: _first_error(spark, where, output_format, prefix))
+
+
+def for_spark(location: Location) -> str:
+    """How Spark is told a path: a local one absolute (a Connect server may run elsewhere in
+    the file system), a store's URI as given."""
+    return location.uri if location.remote else location.path
 
 
 def _count(spark: SparkSession, path: str, fmt: str, error_column: str) -> tuple[int, int]:
@@ -308,22 +338,12 @@ def _first_error(spark: SparkSession, path: str, fmt: str, prefix: str) -> str:
 def _check_paths(spark: SparkSession, input_path: str, output_path: str, mode: str) -> None:
     """Refuse, before any work: an output that exists (unless overwriting), a missing input, and
     an output that is the input, holds it or lies inside it (overwriting would delete it), as
-    the file systems resolve them (symlinks and `..` for local paths); on this machine also an
-    input that cannot be read, an output that cannot be written, a live run writing the same
-    output (and stale staging of dead runs is removed): `batch.preflight`, as the CLI does
-    before Spark starts."""
-    out_fs, out = paths.filesystem(spark, output_path), paths.jpath(spark, output_path)
-    in_fs, source = paths.filesystem(spark, input_path), paths.jpath(spark, input_path)
-    if out_fs.exists(out) and mode == "error":
+    the file systems resolve them (symlinks and `..` for local paths, normalised URIs for
+    stores); on this machine also an input that cannot be read, an output that cannot be
+    written, a live run writing the same output (and stale staging of dead runs is removed):
+    `batch.preflight`, as the CLI does before Spark starts."""
+    preflight.check_paths(input_path, output_path, mode, local=paths.local(spark))
+    if storage.exists(storage.locate(output_path)) and mode == "error":
         raise JobError(f"output {output_path} exists; pass --mode overwrite to replace it")
-    if not in_fs.exists(source):
+    if not storage.exists(storage.locate(input_path)):
         raise JobError(f"input {input_path} does not exist")
-    if preflight.overlaps(
-        str(paths.qualified(spark, input_path)), str(paths.qualified(spark, output_path))
-    ):
-        raise JobError(
-            f"the output {output_path} is, holds or is inside the input {input_path}; "
-            "write the scores somewhere else"
-        )
-    local = (spark.sparkContext.master or "").startswith("local")
-    preflight.check_paths(input_path, output_path, mode, local=local)

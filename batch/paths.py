@@ -1,24 +1,40 @@
-"""Paths as Spark's file systems see them (Hadoop `Path`s through py4j), for the job's checks,
-its staging and rename, and the Arrow-file path's local reads and writes."""
+"""What the job asks of its Spark session, through the session's own API only (its
+configuration, a DataFrame), so it works on classic Spark and Spark Connect alike: no
+`sparkContext`, `_jvm` or `.rdd`. Files are `batch.storage`'s (pyarrow's file systems)."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import re
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+_LOCAL = re.compile(r"local(?:\[(?P<threads>\*|\d+)(?:,\s*\d+)?\])?")
 
 
-def jpath(spark: SparkSession, path: str) -> Any:
-    """`path` as a Hadoop `Path` in the driver's JVM."""
-    return spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+def master(spark: SparkSession) -> str:
+    """The session's master URL (`local[2]`, `yarn`, `k8s://...`), '' when unknown."""
+    try:
+        return str(spark.conf.get("spark.master", "") or "")
+    except Exception:  # a Connect server that will not say
+        return ""
 
 
-def filesystem(spark: SparkSession, path: str) -> Any:
-    """The Hadoop file system that holds `path` (local, HDFS, S3, ...)."""
-    return jpath(spark, path).getFileSystem(spark._jsc.hadoopConfiguration())
+def local(spark: SparkSession) -> bool:
+    """Whether the executors run where the driver runs (local mode)."""
+    return master(spark).startswith("local")
 
 
-def qualified(spark: SparkSession, path: str) -> Any:
-    """The URI Spark makes of `path`: with its scheme, against the default file system and the
-    driver's working folder."""
-    return filesystem(spark, path).makeQualified(jpath(spark, path)).toUri()
+def parallelism(spark: SparkSession) -> int:
+    """How many tasks the cluster runs at once (Spark's default parallelism): configured, told
+    by a local master, or counted from the partitions Spark gives a range."""
+    configured = spark.conf.get("spark.default.parallelism", None)
+    if configured:
+        return int(configured)
+    found = _LOCAL.fullmatch(master(spark))
+    if found:
+        threads = found["threads"]
+        return (os.cpu_count() or 1) if threads == "*" else int(threads or 1)
+    ids = spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p")).distinct()
+    return max(1, ids.count())

@@ -3,13 +3,15 @@ model loads, the arguments fit together, the input is there and readable, the ou
 written and does not overlap the input, no other run is writing it.
 
 Local paths (no scheme, or `file:`) are checked here when the executors are this machine; a
-remote URI (s3a://, hdfs://, ...) is checked for overlap here and for existence by Spark's file
-system once it runs (`batch.job`), since only Spark knows its credentials and configuration.
+remote URI (s3://, gs://, hdfs://, ...) is checked here through pyarrow's file systems
+(`batch.storage`, credentials from the environment) as a local one is: the input there, its
+footers and columns, the output's bucket there and the output absent under `--mode error`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import posixpath
 import tempfile
@@ -18,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import inference
@@ -26,6 +29,16 @@ from batch.errors import JobError, ScoringError
 from batch.model_spec import spec_for
 from batch.spec import ScoringSpec
 from batch.staging import clean_stale
+from batch.storage import (
+    Location,
+    check_bucket,
+    exists,
+    info,
+    is_local,
+    local_path,
+    locate,
+    visible,
+)
 
 FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".json", ".orc", ".avro", ".gz")
 """An output named like one of these looks like a file, and Spark writes a folder."""
@@ -38,6 +51,16 @@ def local_master(master: str | None) -> bool:
     if master is None:
         return "PYSPARK_GATEWAY_PORT" not in os.environ  # spark-submit's master is unknown here
     return master.startswith("local")
+
+
+def local_remote(remote: str) -> bool:
+    """Whether a Spark Connect server's executors are this machine, as far as the client can
+    tell: a `local[...]` remote (a server the client starts) or one on the loopback address
+    (whose master the job asks once connected)."""
+    if remote.startswith("local"):
+        return True
+    host = (urlsplit(remote).hostname or "").lower()
+    return host in ("localhost", "127.0.0.1", "::1")
 
 
 def input_format(path: str, given: str | None) -> str:
@@ -70,8 +93,14 @@ def check_model(
     return spec_for(loaded, outputs, features_column, input_columns=input_columns)
 
 
-def check_io(io: str, in_format: str, output_format: str, local_master: bool) -> None:
-    """`--io arrow` where it can never run."""
+def check_io(
+    io: str,
+    in_format: str,
+    output_format: str,
+    local_master: bool,
+    paths: Sequence[str] = (),
+) -> None:
+    """`--io arrow` where it can never run: CSV, or a local path with executors elsewhere."""
     if io != "arrow":
         return
     if "csv" in (in_format, output_format):
@@ -79,8 +108,11 @@ def check_io(io: str, in_format: str, output_format: str, local_master: bool) ->
             "--io arrow reads and writes Parquet only; CSV is read and written by Spark "
             "(--io spark, or auto)"
         )
-    if not local_master:
-        raise JobError("--io arrow needs a local master (executors may not see these files)")
+    if not local_master and (not paths or any(is_local(p) for p in paths)):
+        raise JobError(
+            "--io arrow needs a local master for local paths (executors may not see these "
+            "files); name the data in a store (s3://...) or use --io spark"
+        )
 
 
 def check_paths(input_path: str, output_path: str, mode: str, *, local: bool) -> None:
@@ -104,65 +136,77 @@ def check_paths(input_path: str, output_path: str, mode: str, *, local: bool) ->
         _check_input(Path(local_path(input_path)), input_path)
     if local and is_local(output_path):
         clean_stale(Path(os.path.abspath(local_path(output_path.rstrip("/")))))
+    if not is_local(output_path):
+        _check_remote_output(locate(output_path), mode)
+    if not is_local(input_path) and not exists(locate(input_path)):
+        raise JobError(f"input {input_path} does not exist")
+
+
+def _check_remote_output(output: Location, mode: str) -> None:
+    check_bucket(output, "output")
+    if mode == "error" and exists(output):
+        raise JobError(f"output {output.uri} exists; pass --mode overwrite to replace it")
 
 
 def check_columns(input_path: str, in_format: str, spec: ScoringSpec) -> None:
-    """A local input's files are readable (every Parquet footer) and hold the columns the model
-    reads, by name (their types are checked once Spark reads the schema). Partitioned folders
-    are left to Spark, whose reader adds their columns."""
-    root = Path(local_path(input_path))
-    files = [root]
-    if root.is_dir():
-        visible = sorted(p for p in root.iterdir() if not p.name.startswith(("_", ".")))
-        if not visible:
+    """An input's files are readable (every Parquet footer) and hold the columns the model
+    reads, by name (their types are checked once Spark reads the schema), on this machine or in
+    a store. Partitioned folders are left to Spark, whose reader adds their columns."""
+    root = locate(input_path)
+    files = [(input_path, root.path)]
+    partitioned = False
+    if info(root).type == pafs.FileType.Directory:
+        shown = visible(root)
+        if not shown:
             raise JobError(f"input {input_path} is an empty folder")
-        files = [p for p in visible if p.is_file()]
-        partitioned = len(files) < len(visible)
+        named = [(f"{input_path.rstrip('/')}/{f.base_name}", f) for f in shown]
+        files = [(name, f.path) for name, f in named if f.type == pafs.FileType.File]
+        partitioned = len(files) < len(shown)
+    if in_format == "parquet":
+        names: list[str] | None = _parquet_columns(root.fs, files)
     else:
-        partitioned = False
-    names = _parquet_columns(files) if in_format == "parquet" else _csv_columns(files[:1])
+        names = _csv_columns(root.fs, files[:1])
     if names is not None and not partitioned:
         problem = missing_column(names, spec)
         if problem is not None:
             raise ScoringError(problem)
 
 
-def _parquet_columns(files: list[Path]) -> list[str]:
-    """Every column name of any of the files, whose footers must all read."""
+def _parquet_columns(fs: pafs.FileSystem, files: list[tuple[str, str]]) -> list[str]:
+    """Every column name of any of the files (name as shown, path in `fs`), whose footers must
+    all read."""
     names: dict[str, None] = {}
-    for file in files:
+    for shown, path in files:
         try:
-            names.update(dict.fromkeys(pq.read_metadata(file).schema.to_arrow_schema().names))
+            schema = pq.read_metadata(path, filesystem=fs).schema.to_arrow_schema()
         except (pa.ArrowInvalid, OSError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise JobError(f"input {file} is not a readable Parquet file: {reason}") from e
+            raise JobError(f"input {shown} is not a readable Parquet file: {reason}") from e
+        names.update(dict.fromkeys(schema.names))
     return list(names)
 
 
-def _csv_columns(files: list[Path]) -> list[str] | None:
+CSV_HEADER_BYTES = 1 << 20
+
+
+def _csv_columns(fs: pafs.FileSystem, files: list[tuple[str, str]]) -> list[str] | None:
     """The header of the first CSV file, as Spark's reader names the columns; None where that
     cannot be told here (not UTF-8, repeated names, which Spark renames)."""
     if not files:
         return None
+    shown, path = files[0]
     try:
-        with files[0].open(encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), [])
+        with fs.open_input_stream(path) as stream:
+            head = stream.read(CSV_HEADER_BYTES)
+    except OSError as e:
+        raise JobError(f"input {shown} cannot be read: {e.strerror or e}") from e
+    if len(head) == CSV_HEADER_BYTES:
+        head = head[: head.rfind(b"\n") + 1]
+    try:
+        header = next(csv.reader(io.StringIO(head.decode("utf-8-sig"), newline="")), [])
     except (UnicodeDecodeError, csv.Error):
         return None
-    except OSError as e:
-        raise JobError(f"input {files[0]} cannot be read: {e.strerror}") from e
     return header if len(set(header)) == len(header) else None
-
-
-def is_local(path: str) -> bool:
-    scheme = urlsplit(path).scheme
-    return len(scheme) <= 1 or scheme.lower() == "file"  # one letter: a Windows drive
-
-
-def local_path(path: str) -> str:
-    """A local path without its `file:` scheme."""
-    parts = urlsplit(path)
-    return unquote(parts.path) if parts.scheme.lower() == "file" else path
 
 
 def normalised(path: str) -> str:

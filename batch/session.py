@@ -1,5 +1,7 @@
-"""The Spark session for a scoring job: `local[*]` unless a master is given or spark-submit
-already chose one; Python workers use the driver's interpreter unless told otherwise."""
+"""The Spark session for a scoring job: a Spark Connect session when a remote is given
+(`--remote sc://host:port`, or `SPARK_REMOTE`), else a classic one, `local[*]` unless a master
+is given or spark-submit already chose one; Python workers use the driver's interpreter unless
+told otherwise."""
 
 from __future__ import annotations
 
@@ -11,9 +13,14 @@ from pyspark.sql import SparkSession
 ARROW_BATCH_ROWS = 10_000
 
 
-def spark_session(master: str | None = None, app_name: str = "bundle-scoring") -> SparkSession:
+def spark_session(
+    master: str | None = None, app_name: str = "bundle-scoring", remote: str | None = None
+) -> SparkSession:
     # Workers must import pyarrow, onnxruntime and `inference`: the driver's interpreter has them.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    remote = remote or os.environ.get("SPARK_REMOTE")
+    if remote:
+        return _connect(remote, app_name)
     builder = SparkSession.builder.appName(app_name)
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this process
     if master is not None:
@@ -22,6 +29,13 @@ def spark_session(master: str | None = None, app_name: str = "bundle-scoring") -
         builder = builder.master("local[*]")
     builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
     builder = builder.config("spark.ui.showConsoleProgress", "true")
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "WARN"))
+    builder = builder.config("spark.log.level", os.environ.get("SPARK_LOG_LEVEL", "WARN"))
+    return builder.getOrCreate()
+
+
+def _connect(remote: str, app_name: str) -> SparkSession:
+    """A Spark Connect session; the server's own settings stand, except the Arrow batch size,
+    a session setting."""
+    spark = SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
     return spark

@@ -28,8 +28,11 @@ def patients(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "patients.parquet"
 
 
-def batch_cli(*args: str, submit: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+def batch_cli(
+    *args: str, submit: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own (`env` added to this one's environment)."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
     if submit:
         spark_submit = Path(sys.executable).parent / "spark-submit"
         command = [str(spark_submit), "--master", "local[2]", "batch/__main__.py", *args]
@@ -146,6 +149,24 @@ def test_errors_are_one_line(patients: Path, tmp_path: Path, args: list[str], me
 
 
 def test_a_jvm_failure_is_one_line(tmp_path: Path):
+    """A file only Spark's reader opens (in a partition folder) that is not Parquet."""
+    (tmp_path / "by_day" / "day=1").mkdir(parents=True)
+    (tmp_path / "by_day" / "day=1" / "p.parquet").write_text("not parquet")
+    result = batch_cli(
+        "score",
+        "--model",
+        "models/side_effects",
+        "--input",
+        str(tmp_path / "by_day"),
+        "--output",
+        str(tmp_path / "o"),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Spark: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_store_no_file_system_opens_is_one_line_before_spark(tmp_path: Path):
     result = batch_cli(
         "score",
         "--model",
@@ -155,8 +176,9 @@ def test_a_jvm_failure_is_one_line(tmp_path: Path):
         "--output",
         str(tmp_path / "o"),
     )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: Spark: ")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot open nosuchfs://bucket/p.parquet: no file system")
     assert "Traceback" not in result.stderr
 
 
