@@ -69,3 +69,19 @@ def test_cli_explains_bad_workers_in_one_line():
         "error: invalid settings: workers: Value error, "
         "'two' is neither a number of processes nor auto"
     ]
+
+
+def test_connection_limits_come_from_file_env_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    file = tmp_path / "serving.yaml"
+    file.write_text("header_timeout_s: 3\nmax_headers: 20\nmax_connections: 50\n")
+    monkeypatch.setenv("SERVING_MAX_HEADERS", "30")
+    settings = Settings.load(settings_file=file, max_connections=70)
+    assert (settings.header_timeout_s, settings.max_headers, settings.max_connections) == (
+        3,
+        30,
+        70,
+    )
+    with pytest.raises(ValidationError, match="max_header_bytes"):
+        Settings(max_header_bytes=10)  # too small for any request line
