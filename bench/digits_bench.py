@@ -8,7 +8,7 @@ plain loop and Keras get exactly those training and validation arrays. Recipe (t
 tests/training/test_layers.py): conv2d 16 3x3 same, batch normalization, max pooling 2,
 conv2d 32 3x3 relu, flatten, dropout 0.25, dense 10 softmax; Adam 1e-3, batch 32, shuffled,
 sparse categorical crossentropy, accuracy, validation after every epoch.
-- ours: `training.train.fit` on that spec, exactly as `python -m training` fits (no export);
+- ours: `training.trainer.fit` on that spec, exactly as `python -m training` fits (no export);
 - plain: the same network by hand in torch (NCHW, torch's default init, logits with
   `F.cross_entropy`), a minimal loop that logs nothing per step;
 - keras: `keras.Sequential` of the same layers, `model.fit(..., verbose=0)`, KERAS_BACKEND=torch;
@@ -23,7 +23,6 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import statistics
 import sys
@@ -45,8 +44,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine, write_section
+from training import trainer
 from training.progress import Progress
-from training.train import Run, fit, prepare
+from training.trainer import Run, fit, prepare
 
 SPEC: dict[str, Any] = {
     "name": "digits",
@@ -126,8 +126,7 @@ def ours(run: Run, epochs: int) -> Outcome:
             super().epoch_end(epoch, logs)
 
     config = run.fit_config.model_copy(update={"epochs": epochs})
-    train_module = importlib.import_module("training.train")  # `training.train` is a function
-    with mock.patch.object(train_module, "Progress", Timed):
+    with mock.patch.object(trainer, "Progress", Timed):
         fitted = fit(Run(run.spec, run.spec_file, config, run.classes, run.train_set, run.val_set))
     return Outcome(clock, fitted.history.epochs[-1]["val_accuracy"])
 
@@ -355,7 +354,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
     args = parser.parse_args()
     trainers: dict[str, Trainer] = {"ours": ours, "plain": plain}
-    labels = {"ours": "ours (`training.train.fit`)", "plain": "plain PyTorch loop"}
+    labels = {"ours": "ours (`training.trainer.fit`)", "plain": "plain PyTorch loop"}
     keras = keras_trainer()
     if keras is not None:
         trainers["keras"] = keras[0]

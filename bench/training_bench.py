@@ -4,7 +4,7 @@ MLlib's `MultilayerPerceptronClassifier`, on the same data, split and layer size
     make bench-training    # or: .venv/bin/python bench/training_bench.py --repeats 3
 
 For each committed model (`side_effects`: the drug trial; `iris`):
-- ours, one process: `training.train.fit` on the spec, exactly as `python -m training` trains;
+- ours, one process: `training.trainer.fit` on the spec, exactly as `python -m training` trains;
 - ours, DDP: `training.distributed.fit_distributed` with 2 processes as Spark barrier tasks
   (TorchDistributor, gloo), torchrun start included;
 - ours, one process, with Adam 1e-3 on side_effects (the committed spec's 1e-4 underfits);
@@ -38,7 +38,7 @@ from training.distributed import fit_distributed
 from training.layer_specs import DenseSpec
 from training.spark import spark_session
 from training.spec import Spec
-from training.train import Fitted, Run, fit, prepare
+from training.trainer import Fitted, Run, fit, prepare
 
 MODELS = ("side_effects", "iris")
 BETTER_LEARNING_RATE = {"side_effects": 0.001}

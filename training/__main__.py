@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inference import InferenceError, list_versions
-from training.distributed import DistributedError, train_distributed
-from training.export import ExportError
-from training.fit import DivergedError
-from training.search import SearchError, search
+from training import data as datasets
+from training.errors import DistributedError, DivergedError, ExportError, SearchError
 from training.spark import SparkUnavailable, check_master
 from training.spec import SPEC_FILE, SpecError, load_spec
 from training.summary import summary
-from training.train import TrainResult, train
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+    from training.trainer import TrainResult
 
 
 def positive_int(text: str) -> int:
@@ -128,6 +127,11 @@ def model_folders(path: Path) -> list[Path]:
 
 
 def train_one(folder: Path, args: argparse.Namespace, spark: SparkSession | None) -> TrainResult:
+    # torch loads here, once every spec and option has been checked (errors come in < 2 s)
+    from training.distributed import train_distributed
+    from training.trainer import train
+    from training.tuning import search
+
     if args.search:
         found = search(folder, spark=spark, parallelism=args.parallelism, epochs=args.epochs)
         print(f"Leaderboard: {', '.join(map(str, found.files))}")
@@ -156,7 +160,8 @@ def run(args: argparse.Namespace, progress: list[Path]) -> None:
         if args.if_missing and list_versions(model_dir):
             print(f"{model_dir}: bundle exists (version {list_versions(model_dir)[-1]})")
             continue
-        load_spec(folder)  # every spec is checked before the first model trains
+        # every spec, and what can be seen of its data, is checked before the first model trains
+        datasets.check(*load_spec(folder))
         todo.append((folder, model_dir))
     spark = None
     for folder, model_dir in todo:

@@ -107,9 +107,7 @@ def read_source(
         return BUILTIN[rest](seed), source
     if kind == "spark" or (kind == "parquet" and spark is not None):
         return _read_with_spark(kind, rest, base_dir, spec_file, spark), rest
-    path = (base_dir / rest).resolve()
-    if not path.exists():
-        raise SpecError(f"{spec_file}: data.source: {rest} not found (looked in {base_dir})")
+    path = _local_file(rest, base_dir, spec_file)
     try:
         import pyarrow.csv
         import pyarrow.parquet
@@ -121,6 +119,48 @@ def read_source(
         return _columns(table), rest
     except ValueError as e:
         raise SpecError(f"{spec_file}: data.source: {rest}: {e}") from None
+
+
+def _local_file(rest: str, base_dir: Path, spec_file: Path) -> Path:
+    path = (base_dir / rest).resolve()
+    if not path.exists():
+        raise SpecError(f"{spec_file}: data.source: {rest} not found (looked in {base_dir})")
+    return path
+
+
+def check(spec: Spec, spec_file: Path) -> None:
+    """What can be checked of the spec's data without reading its rows, and without torch or
+    Spark: a known builtin, a local file that is there and readable, and (from a CSV header or
+    a Parquet footer) the feature and label columns. `load` checks the rest."""
+    kind, _, rest = spec.data.source.partition(":")
+    if kind == "builtin":
+        if rest not in BUILTIN:
+            read_source(spec.data.source, spec.data.seed, spec_file.parent, spec_file)
+        return
+    if kind == "spark" or "://" in rest:
+        return  # a catalog table or a remote path: Spark's to find
+    path = _local_file(rest, spec_file.parent, spec_file)
+    if path.is_dir():
+        return  # a partitioned Parquet folder: Spark's (or pyarrow's) to read
+    try:
+        import pyarrow.csv
+        import pyarrow.parquet
+
+        if kind == "csv":
+            with pyarrow.csv.open_csv(path) as reader:
+                names = reader.schema.names
+        else:
+            names = pyarrow.parquet.read_schema(path).names
+    except Exception as e:  # pyarrow raises several untyped errors for unreadable files
+        raise SpecError(f"{spec_file}: data.source: cannot read {rest} as {kind}: {e}") from e
+    labels = [spec.data.label] if isinstance(spec.data.label, str) else spec.data.label
+    for key, wanted in (("data.features", spec.data.features), ("data.label", labels)):
+        for name in wanted:
+            if name not in names:
+                raise SpecError(
+                    f"{spec_file}: {key}: column {name!r} is not in {rest}; "
+                    f"columns: {', '.join(names)}"
+                )
 
 
 def _read_with_spark(

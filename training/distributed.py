@@ -36,10 +36,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from training.errors import DistributedError
 from training.fit import History, Shard
 from training.spark import TaggedJobs, master_of, spark_session, task_slots, worker_error
 from training.spec import SpecError
-from training.train import Fitted, Run, TrainResult, export, fit, prepare, rebuild, weights
+from training.trainer import Fitted, Run, TrainResult, export, fit, prepare, rebuild, weights
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -47,10 +48,6 @@ if TYPE_CHECKING:
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 """How long a rank waits for the others in one collective before it gives up (gloo's default
 of 30 minutes would leave a failed run hanging for half an hour)."""
-
-
-class DistributedError(Exception):
-    """The distributed run failed on the workers."""
 
 
 @dataclass(frozen=True)

@@ -45,16 +45,13 @@ from inference.metadata import (
     Provenance,
 )
 from training.activations import Activation
+from training.errors import ExportError
 from training.network import Sequential
 from training.preprocessing import Scaler
 
 INPUT_NAME = "features"
 OPSET = 20
 PARITY_TOLERANCE = 1e-5
-
-
-class ExportError(Exception):
-    """The model could not be exported, or the export does not reproduce PyTorch."""
 
 
 class ServingGraph(nn.Module):

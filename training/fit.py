@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from training import metrics as metric_registry
+from training.errors import DivergedError
 from training.losses import Loss
 from training.optimizers import Optimizer
 from training.progress import Progress
@@ -190,10 +191,6 @@ class Trainer:
             totals["loss"] += loss.item() * len(y)
             for name, fn in self.metric_fns.items():
                 totals[name] += fn(y, output).sum().item()
-
-
-class DivergedError(Exception):
-    """The loss stopped being a number: the weights are garbage, and no bundle is written."""
 
 
 def check_finite(epoch: int, logs: dict[str, float]) -> None:

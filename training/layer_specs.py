@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from training import activations
+from training import vocabulary
 from training.sections import Section
 
 Shape = tuple[int, ...]
@@ -28,7 +28,7 @@ class LayerError(ValueError):
 
 
 def _activation(value: str) -> str:
-    activations.get(value)
+    vocabulary.check_activation(value)
     return value.lower()
 
 

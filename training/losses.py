@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from training import vocabulary
 from training.names import lookup
 
 EPSILON = 1e-7
@@ -145,23 +146,10 @@ PER_SAMPLE: dict[str, Loss] = {
     "cosine_proximity": cosine_similarity,
 }
 
-CLASSIFICATION = frozenset(
-    {
-        "categorical_crossentropy",
-        "sparse_categorical_crossentropy",
-        "binary_crossentropy",
-        "hinge",
-        "squared_hinge",
-        "categorical_hinge",
-    }
-)
-"""Losses that make a model a classifier."""
-
-SPARSE = frozenset({"sparse_categorical_crossentropy"})
-"""Losses that take class indices instead of one-hot or per-unit targets."""
-
-SIGNED_OUTPUT = frozenset({"hinge", "squared_hinge"})
-"""Losses whose single-unit output is a signed margin (class 1 above 0, not above 0.5)."""
+CLASSIFICATION = vocabulary.CLASSIFICATION_LOSSES
+SPARSE = vocabulary.SPARSE_LOSSES
+SIGNED_OUTPUT = vocabulary.SIGNED_OUTPUT_LOSSES
+canonical = vocabulary.canonical_loss
 
 
 def per_sample(name: str) -> Loss:
@@ -182,9 +170,3 @@ def get(name: str) -> Loss:
 
     loss.__name__ = name
     return loss
-
-
-def canonical(name: str) -> str:
-    """The long Keras name of a loss or alias ('mse' → 'mean_squared_error')."""
-    fn = per_sample(name)
-    return next(key for key, value in PER_SAMPLE.items() if value is fn)

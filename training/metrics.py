@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from training import losses
+from training import losses, vocabulary
 from training.names import lookup
 
 Metric = Callable[[Tensor, Tensor], Tensor]
@@ -33,7 +33,6 @@ def sparse_categorical_accuracy(y_true: Tensor, y_pred: Tensor) -> Tensor:
     return (y_true.long() == torch.argmax(y_pred, dim=-1)).float()
 
 
-ACCURACY = ("accuracy", "acc")
 METRICS: dict[str, Metric] = {
     "binary_accuracy": binary_accuracy,
     "categorical_accuracy": categorical_accuracy,
@@ -42,15 +41,9 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def check(name: str) -> str:
-    """Validate a metric name (for the spec); returns it unchanged."""
-    lookup("metric", name, {**dict.fromkeys(ACCURACY, binary_accuracy), **METRICS})
-    return name
-
-
 def resolve(name: str, target_shape: torch.Size, output_shape: torch.Size) -> Metric:
     """The per-sample function for `name`, given the target and output shapes."""
-    if name.lower() not in ACCURACY:
+    if name.lower() not in vocabulary.ACCURACY:
         return lookup("metric", name, METRICS)
     if output_shape[-1] == 1:
         return binary_accuracy

@@ -39,7 +39,8 @@ from torch import nn
 
 from training import activations
 from training.activations import Activation
-from training.export import ExportError, ServingGraph, export_bundle
+from training.errors import ExportError
+from training.export import ServingGraph, export_bundle
 from training.names import UnknownNameError
 from training.preprocessing import Scaler
 from training.spec import units_fit_classes

@@ -1,7 +1,7 @@
 """The spec's `search:` section: which values of the spec to vary, how, and what to optimise.
 
 Parsed and checked with the rest of the spec (`training.spec.Spec.search`); what the section
-asks for is planned and run by `training.search`.
+asks for is planned and run by `training.tuning`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inference.yaml_files import YamlError, load_yaml
-from training import base_model, layer_specs, losses, metrics, optimizers
+from training import base_model, layer_specs, vocabulary
 from training.layer_specs import EmbeddingSpec, LayerError, LayerSpec, Shape
 from training.search_spec import SearchSpec
 from training.sections import Section, describe
@@ -154,7 +154,7 @@ class OptimizerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _params(self) -> OptimizerSpec:
-        optimizers.normalize(self.name, self.params)
+        vocabulary.optimizer_config(self.name, self.params)
         return self
 
     @property
@@ -170,13 +170,13 @@ class CompileSpec(Section):
     @field_validator("loss")
     @classmethod
     def _loss(cls, value: str) -> str:
-        return losses.canonical(value)
+        return vocabulary.canonical_loss(value)
 
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, value: list[str]) -> list[str]:
         for name in value:
-            metrics.check(name)
+            vocabulary.check_metric(name)
         if len(set(value)) != len(value):
             raise ValueError(f"metrics must be unique, got {value}")
         return value
@@ -211,7 +211,7 @@ class Spec(Section):
     serving: dict[str, Any] | None = None
     """Read by the prediction service (version policy, batching); opaque to training."""
     search: SearchSpec | None = None
-    """Used by `--search` only (see `training.search`)."""
+    """Used by `--search` only (see `training.tuning`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Spec:
@@ -265,7 +265,7 @@ class Spec(Section):
 
     def _check_outputs(self, output: Shape) -> None:
         units, loss = output[0], self.compile.loss
-        if loss in losses.SPARSE and units < 2:
+        if loss in vocabulary.SPARSE_LOSSES and units < 2:
             raise ValueError(f"{loss} needs one output unit per class (at least 2), got {units}")
         n = len(self.data.classes or [])
         if n and not units_fit_classes(units, n):
@@ -300,7 +300,9 @@ class Spec(Section):
 
     @property
     def is_classifier(self) -> bool:
-        return self.data.classes is not None or self.compile.loss in losses.CLASSIFICATION
+        return (
+            self.data.classes is not None or self.compile.loss in vocabulary.CLASSIFICATION_LOSSES
+        )
 
 
 def units_fit_classes(units: int, classes: int) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from training.export import ExportError
+from training.errors import ExportError
 
 Feeds = dict[str, np.ndarray]
 DimLabels = dict[str, dict[int, str]]

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 import inference
 from inference.metadata import ONNX_FILE, BundleMetadata, InputInfo, OutputInfo, OutputRole
 from training.activations import Activation
+from training.errors import ExportError
 from training.export import (
     OPSET,
-    ExportError,
     _next_version,
     _onnx_info,
     _quiet_exporter,

@@ -3,7 +3,7 @@
     python -m training models/side_effects
 
 The story of one run, in three steps that every way of training shares (one process here, one
-rank of DistributedDataParallel in `training.distributed`, one trial in `training.search`):
+rank of DistributedDataParallel in `training.distributed`, one trial in `training.tuning`):
 1. `prepare`: read the spec; load and split the data (seeded);
 2. `fit`: fit the scaler on the training rows; build the Keras-style network (seeded); fit it
    with Keras's loss, optimizer and metrics;

@@ -33,7 +33,7 @@ import torch
 
 from training.fit import History
 from training.spark import TaggedJobs, worker_error
-from training.train import Run, fit, weights
+from training.trainer import Run, fit, weights
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

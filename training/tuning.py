@@ -30,11 +30,12 @@ from pydantic import ValidationError
 
 from training import data as datasets
 from training import leaderboard
+from training.errors import SearchError
 from training.search_spec import Distribution, SearchSpec
 from training.sections import describe
 from training.spark import master_of
 from training.spec import Spec, SpecError, load_spec
-from training.train import TrainResult, export, prepare_spec, rebuild
+from training.trainer import TrainResult, export, prepare_spec, rebuild
 from training.trials import Trial, TrialJob, TrialResult, run_in_processes, run_on_spark
 
 if TYPE_CHECKING:
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
 
 RANDOM_TRIALS = 10
 """A random search's budget when `search.trials` is not given."""
-
-
-class SearchError(Exception):
-    """No trial succeeded: nothing to export."""
 
 
 @dataclass(frozen=True)

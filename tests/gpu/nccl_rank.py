@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from training.distributed import RankFailed, _rank
-from training.train import export, prepare, rebuild
+from training.trainer import export, prepare, rebuild
 
 backends: list[str] = []
 _init = dist.init_process_group

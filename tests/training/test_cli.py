@@ -5,7 +5,11 @@ which is the same code without the cost of importing torch again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +110,35 @@ def test_every_spec_is_checked_before_the_first_trains(
     assert main([str(good.parent)]) == 2
     assert f"{bad / 'model.yaml'}: fit.epochs: must be a whole number" in capsys.readouterr().err
     assert not (good / "1").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s["compile"].update(loss="mse2"), "compile.loss: unknown loss 'mse2'"),
+        (lambda s: s["data"].update(source="csv:gone.csv"), "data.source: gone.csv not found"),
+        (
+            lambda s: s["data"].update(source="csv:rows.csv"),
+            "data.features: column 'sepal_length' is not in rows.csv; columns: a, b",
+        ),
+    ],
+)
+def test_spec_and_data_errors_come_before_torch_loads(
+    make_spec: SpecWriter, edit: Callable[[dict[str, Any]], None], message: str
+):
+    """A mistake in the spec or its data is reported without importing torch (what made the
+    CLI take seconds to say it), in a fresh interpreter."""
+    folder = make_spec(edit)
+    (folder / "rows.csv").write_text("a,b\n1,2\n")
+    probe = (
+        "import sys\nfrom training.__main__ import main\n"
+        f"code = main([{str(folder)!r}])\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert result.stdout == "torch not loaded\n"

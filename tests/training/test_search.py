@@ -26,8 +26,9 @@ from tests.conftest import SpecWriter
 from tests.training.helpers import held_out_accuracy
 from training import SpecError, leaderboard, load_spec, trials
 from training.__main__ import main
-from training.search import SearchError, plan, search
+from training.errors import SearchError
 from training.trials import Trial, TrialResult
+from training.tuning import plan, search
 
 BATCH_NORM_LAYERS = [
     {"type": "dense", "units": 8, "activation": "relu"},

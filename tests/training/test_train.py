@@ -19,7 +19,7 @@ import inference
 from tests.conftest import MODELS, SpecWriter
 from training import SpecError, train
 from training.optimizers import OPTIMIZERS, Optimizer
-from training.train import fit, prepare
+from training.trainer import fit, prepare
 
 
 def committed_spec(name: str, tmp_path: Path) -> Path:
