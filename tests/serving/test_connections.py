@@ -29,6 +29,8 @@ from tests.serving.conftest import Server, run_cli
 
 TIMEOUT_S = 1.0
 """--header-timeout-s and --body-timeout-s of the test server; the sweep runs every 0.25 s."""
+SLACK_S = 1.0
+"""A timeout fires up to a sweep (0.25 s) late; the rest is room for a busy test machine."""
 CAP = 6
 PREDICT = b"POST /v1/models/side_effects:predict HTTP/1.1\r\nHost: t\r\n"
 BODY = b'{"instances": [{"age": 70}]}'
@@ -94,18 +96,18 @@ def test_headers_sent_slowly_are_answered_408_within_the_timeout(server: Server)
         if select.select([sock], [], [], 0.1)[0]:  # answered
             break
     refused(sock, 408, "header_timeout_s")
-    assert time.monotonic() - start < TIMEOUT_S + 0.6
+    assert time.monotonic() - start < TIMEOUT_S + SLACK_S
 
 
 def test_a_connection_that_sends_nothing_is_closed(server: Server):
     got, _, _, took = answer(connect(server))
-    assert got == 0 and took < TIMEOUT_S + 0.6  # closed: there was nothing to answer
+    assert got == 0 and took < TIMEOUT_S + SLACK_S  # closed: there was nothing to answer
 
 
 def test_a_half_sent_body_is_answered_408(server: Server):
     sock = connect(server)
     sock.sendall(PREDICT + b"Content-Length: 100\r\n\r\n" + BODY[:10])
-    assert refused(sock, 408, "body_timeout_s") < TIMEOUT_S + 0.6
+    assert refused(sock, 408, "body_timeout_s") < TIMEOUT_S + SLACK_S
 
 
 def test_a_chunked_body_that_never_ends_is_bounded_in_time(server: Server):
@@ -117,7 +119,7 @@ def test_a_chunked_body_that_never_ends_is_bounded_in_time(server: Server):
         if select.select([sock], [], [], 0.05)[0]:  # answered
             break
     refused(sock, 408, "body_timeout_s")
-    assert time.monotonic() - start < TIMEOUT_S + 0.6
+    assert time.monotonic() - start < TIMEOUT_S + SLACK_S
 
 
 def test_a_chunked_body_beyond_max_body_bytes_is_413(server: Server):
@@ -136,7 +138,7 @@ def test_a_chunked_body_beyond_max_body_bytes_is_413(server: Server):
 def test_a_chunk_size_beyond_any_body_is_answered(server: Server):
     sock = connect(server)
     sock.sendall(PREDICT + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc")
-    assert refused(sock, 408, "body_timeout_s") < TIMEOUT_S + 0.6
+    assert refused(sock, 408, "body_timeout_s") < TIMEOUT_S + SLACK_S
 
 
 @pytest.mark.parametrize("size", [b"zz", b"1" * 17 + b"f", b"-1"])
