@@ -3,8 +3,9 @@
     from batch import score_dataframe
     scored = score_dataframe(df, "models/side_effects")        # lazy, like any transformation
 
-Only the model's input columns travel to Python (through Arrow, as an iterator UDF); the other
-columns stay in the JVM. A tabular model reads its features (one column each, or one array
+The table goes through Python once, in Arrow batches (`mapInArrow`), and comes back with the
+output columns added, built in Python from numpy; the SQL function (`batch.sql`) is an Arrow
+UDF over the same worker code. A tabular model reads its features (one column each, or one array
 column); its output columns, with the default prefix `pred_`:
 - classifiers: `pred_label`, `pred_class_index`, `pred_scores` (array, in class order) and one
   `pred_score_<class>` column per class;
@@ -20,6 +21,7 @@ nested arrays of the output's per-row rank (docs/batch-tensors.md):
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import tempfile
@@ -29,22 +31,21 @@ from typing import Any, cast
 
 import pyarrow as pa
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.functions import arrow_udf
+from pyspark.sql.pandas.types import to_arrow_type
 
 import inference
 from batch.errors import ScoringError
 from batch.model_spec import spec_for
 from batch.schema import check_input, is_vector
 from batch.spec import ScoringSpec, output_layout
-from batch.worker import score_batches
+from batch.worker import BatchPlan, score_batches, score_record_batches
 from inference.runtime import check_provider_names
 
 __all__ = ["ScoringError", "prepare", "score_dataframe", "scored_columns", "scoring_udf"]
-STRUCT_COLUMN = "__bundle_outputs__"
-COLUMNAR_INPUT = "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled"
 log = logging.getLogger("batch")
 _arrow_udf = cast(Any, arrow_udf)  # pyspark's stubs miss the type-hinted form used here
 _SHIPPED: dict[tuple[str, str], str] = {}
@@ -82,46 +83,59 @@ def score_dataframe(
 
 
 def scored_columns(df: DataFrame, spec: ScoringSpec, prefix: str) -> DataFrame:
-    """`df` with the outputs of an already `prepare`d spec appended."""
-    udf = scoring_udf(spec, len(spec.input_columns))
-    _allow_user_types(df.sparkSession, df.schema)
+    """`df` with the outputs of an already `prepare`d spec appended, in one `mapInArrow` pass:
+    each Arrow batch goes to Python once and comes back with the output columns added, with no
+    struct to unpack and no input rows queued in the JVM to join with the results (what a
+    UDF's evaluation costs). A Spark ML vector the model reads travels as an extra array column
+    (converted in the JVM), which the batches come back without."""
     types = {f.name: f.dataType for f in df.schema.fields}
-    arguments = [_argument(c, types[c]) for c in spec.input_columns]
-    scored = df.withColumn(STRUCT_COLUMN, udf(*arguments))
-    return scored.select(
+    vectors = [c for c in spec.input_columns if is_vector(types[c])]
+    hidden = _hidden_names(df.columns, len(vectors))
+    source = df.select(
         *[F.col(f"`{c}`") for c in df.columns],
-        *[col.alias(name) for name, col in output_columns(spec, prefix)],
+        *[vector_to_array(F.col(f"`{c}`")).alias(h) for c, h in zip(vectors, hidden, strict=True)],
     )
+    names = source.columns
+    arguments = tuple(
+        names.index(hidden[vectors.index(c)] if c in vectors else c) for c in spec.input_columns
+    )
+    layout = output_layout(spec, prefix)
+    fields = dict(spec.fields)
+    added = [T.StructField(c.name, _column_type(fields[c.field], c.index)) for c in layout]
+    schema = T.StructType([*df.schema.fields, *added])
+    large = _large_var_types(df.sparkSession)
+    plan = BatchPlan(
+        spec=spec,
+        layout=tuple(layout),
+        arguments=arguments,
+        kept=len(df.columns),
+        names=tuple(schema.fieldNames()),
+        types=tuple(to_arrow_type(f.dataType, prefers_large_types=large) for f in added),
+    )
+    return source.mapInArrow(functools.partial(score_record_batches, plan), schema)
 
 
-def _allow_user_types(spark: SparkSession, schema: T.StructType) -> None:
-    """Spark 4.3 hands a columnar scan (Parquet) straight to Arrow UDFs, and that shortcut
-    fails on a user-defined type (a Spark ML vector) anywhere in the table, even in a column
-    the UDF never reads ([UNSUPPORTED_DATATYPE]). For such a table it is turned off, in this
-    session; other tables keep it."""
-    if not any(_user_typed(f.dataType) for f in schema.fields):
-        return
-    log.info("%s=false: the table holds a Spark ML vector (user-defined type)", COLUMNAR_INPUT)
-    spark.conf.set(COLUMNAR_INPUT, "false")
+def _column_type(ddl: str, index: int | None) -> T.DataType:
+    """An output column's Spark type: the struct field's, or its elements' for a class score."""
+    kind = T._parse_datatype_string(ddl)
+    return cast(T.ArrayType, kind).elementType if index is not None else kind
 
 
-def _user_typed(kind: T.DataType) -> bool:
-    if isinstance(kind, T.UserDefinedType):
-        return True
-    if isinstance(kind, T.ArrayType):
-        return _user_typed(kind.elementType)
-    if isinstance(kind, T.MapType):
-        return _user_typed(kind.keyType) or _user_typed(kind.valueType)
-    if isinstance(kind, T.StructType):
-        return any(_user_typed(f.dataType) for f in kind.fields)
-    return False
+def _hidden_names(columns: list[str], count: int) -> list[str]:
+    taken = set(columns)
+    names: list[str] = []
+    for i in range(count):
+        name = f"__bundle_input_{i}__"
+        while name in taken:
+            name += "_"
+        names.append(name)
+    return names
 
 
-def _argument(name: str, kind: T.DataType) -> Column:
-    """A column as the UDF takes it: a Spark ML vector becomes an array of doubles in the JVM,
-    so Python only ever sees arrays."""
-    column = F.col(f"`{name}`")
-    return vector_to_array(column) if is_vector(kind) else column
+def _large_var_types(spark: SparkSession) -> bool:
+    """Whether this session's Arrow batches carry large strings and lists (so must ours)."""
+    value = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false")
+    return str(value).lower() == "true"
 
 
 def prepare(
@@ -175,19 +189,6 @@ def scoring_udf(spec: ScoringSpec, arguments: int) -> Any:
         return score_batches(spec, batches)
 
     return _arrow_udf(many, spec.ddl)
-
-
-def output_columns(spec: ScoringSpec, prefix: str) -> list[tuple[str, Column]]:
-    struct = F.col(STRUCT_COLUMN)
-    return [
-        (
-            column.name,
-            struct.getField(column.field)
-            if column.index is None
-            else struct.getField(column.field)[column.index],
-        )
-        for column in output_layout(spec, prefix)
-    ]
 
 
 def scoring_spec(

@@ -1,4 +1,6 @@
-"""What runs inside Spark's Python workers: one cached session, Arrow batches in, a struct out.
+"""What runs inside Spark's Python workers: one cached session, Arrow batches in, a struct out
+(the SQL function's UDF), or whole record batches in and the same batches with the output
+columns added out (`score_dataframe`'s `mapInArrow`).
 
 The session is cached at module level, keyed by the bundle's sha256, the thread count, the
 providers and the task's GPU, so a Python worker builds it once and reuses it for every
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +25,16 @@ from batch.model_spec import spec_for
 from batch.spec import OutputColumn, ScoringSpec
 from batch.tensor_batch import score_tensors
 
-__all__ = ["ScoringSpec", "flatten", "model_for", "score_arrays", "score_batches", "spec_for"]
+__all__ = [
+    "BatchPlan",
+    "ScoringSpec",
+    "flatten",
+    "model_for",
+    "score_arrays",
+    "score_batches",
+    "score_record_batches",
+    "spec_for",
+]
 _MODELS: dict[tuple[object, ...], inference.Model] = {}
 
 
@@ -91,6 +103,37 @@ def score_batches(
     for batch in batches:
         arrays = list(batch) if isinstance(batch, tuple) else [batch]
         yield score_arrays(spec, model, arrays)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How `score_record_batches` reads a record batch and what it gives back, decided on the
+    driver: the argument columns by position, how many leading columns are kept (the table's
+    own; after them come vectors converted for the model, dropped), the names of the batch it
+    gives back, and the Arrow types of the columns it adds (what Spark expects, exactly)."""
+
+    spec: ScoringSpec
+    layout: tuple[OutputColumn, ...]
+    arguments: tuple[int, ...]
+    kept: int
+    names: tuple[str, ...]
+    types: tuple[pa.DataType, ...]
+
+
+def score_record_batches(
+    plan: BatchPlan, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """The body of `score_dataframe`'s `mapInArrow`: each batch with the output columns added."""
+    model = model_for(plan.spec)
+    for batch in batches:
+        struct = score_arrays(plan.spec, model, [batch.column(i) for i in plan.arguments])
+        outputs = [
+            array if array.type == kind else array.cast(kind)
+            for array, kind in zip(flatten(struct, list(plan.layout)), plan.types, strict=True)
+        ]
+        yield pa.RecordBatch.from_arrays(
+            [*batch.columns[: plan.kept], *outputs], names=list(plan.names)
+        )
 
 
 def score_arrays(

@@ -162,3 +162,43 @@ def test_a_corrupt_model_is_refused(spark: SparkSession, tmp_path: Path):
     (folder / "1" / "model.onnx").write_bytes(b"broken")
     with pytest.raises(inference.BundleError, match=r"sha256 does not match"):
         score_dataframe(ages(spark, 10), folder)
+
+
+def test_every_other_column_comes_back_unchanged(spark: SparkSession):
+    """The table passes through Python in Arrow batches: columns of any type the model does not
+    read (a timestamp, a decimal, a struct, a map, a Spark ML vector, one named like the extra
+    column a vector input travels in) come back as they were, with their metadata."""
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql import types as T
+
+    df = spark.createDataFrame(
+        [
+            (70.0, Vectors.dense([1.0, 2.0]), {"a": 1}, (1, "x"), "2026-12-06 01:02:03", "1.5", 9),
+            (None, Vectors.sparse(2, [0], [3.0]), {}, (2, None), None, None, None),
+        ],
+        T.StructType(
+            [
+                T.StructField("age", T.DoubleType()),
+                T.StructField("v", VectorUDT()),
+                T.StructField("m", T.MapType(T.StringType(), T.IntegerType())),
+                T.StructField(
+                    "s", T.StructType().add("i", T.IntegerType()).add("t", T.StringType())
+                ),
+                T.StructField("ts", T.StringType()),
+                T.StructField("d", T.StringType()),
+                T.StructField("__bundle_input_0__", T.IntegerType()),
+            ]
+        ),
+    ).select(
+        "*",
+        F.to_timestamp("ts").alias("when"),
+        F.col("d").cast("decimal(10,2)").alias("amount"),
+        F.col("age").alias("age_again", metadata={"unit": "years"}),
+    )
+    scored = score_dataframe(df, MODELS / "side_effects")
+    assert scored.columns[: len(df.columns)] == df.columns
+    assert scored.schema["age_again"].metadata == {"unit": "years"}
+    assert scored.select(*df.columns).collect() == df.collect()
+    rows = scored.collect()
+    assert [r["pred_label"] for r in rows] == ["side_effects", None]
+    assert rows[1]["pred_error"] == "feature 'age' is null"
