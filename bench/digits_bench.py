@@ -4,8 +4,8 @@ backend), on the same data and recipe, in one process.
     make bench-digits    # or: .venv/bin/python bench/digits_bench.py --repeats 5 --threads 1
 
 Data: `builtin:digits` through our `prepare` (pixels / 16, the spec's seeded 80/20 split); the
-plain loop and Keras get exactly those training and validation arrays. Recipe (the DIGITS_CNN of
-tests/training/test_layers.py): conv2d 16 3x3 same, batch normalization, max pooling 2,
+plain loop and Keras get exactly those training and validation arrays. Recipe: the shipped
+models/digits/model.yaml: conv2d 16 3x3 same, batch normalization, max pooling 2,
 conv2d 32 3x3 relu, flatten, dropout 0.25, dense 10 softmax; Adam 1e-3, batch 32, shuffled,
 sparse categorical crossentropy, accuracy, validation after every epoch.
 - ours: `training.trainer.fit` on that spec, exactly as `python -m training` fits (no export);
@@ -26,20 +26,17 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,35 +45,8 @@ from training import trainer
 from training.progress import Progress
 from training.trainer import Run, fit, prepare
 
-SPEC: dict[str, Any] = {
-    "name": "digits",
-    "data": {
-        "source": "builtin:digits",
-        "features": ["pixels"],
-        "label": "digit",
-        "classes": [str(d) for d in range(10)],
-        "validation_split": 0.2,
-    },
-    "model": {
-        "input_shape": [8, 8, 1],
-        "layers": [
-            {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": "same"},
-            {"type": "batch_normalization"},
-            {"type": "max_pooling2d", "pool_size": 2},
-            {"type": "conv2d", "filters": 32, "kernel_size": 3, "activation": "relu"},
-            {"type": "flatten"},
-            {"type": "dropout", "rate": 0.25},
-            {"type": "dense", "units": 10, "activation": "softmax"},
-        ],
-    },
-    "compile": {
-        "optimizer": {"name": "adam", "learning_rate": 0.001},
-        "loss": "sparse_categorical_crossentropy",
-        "metrics": ["accuracy"],
-    },
-    "fit": {"batch_size": 32, "epochs": 10},
-}
-"""tests/training/test_layers.py's DIGITS_CNN (epochs set by --epochs)."""
+SPEC_FOLDER = Path(__file__).resolve().parent.parent / "models" / "digits"
+"""The shipped digits model's spec: its recipe, with epochs set by --epochs."""
 BATCH, LEARNING_RATE = 32, 1e-3
 
 
@@ -360,15 +330,11 @@ def main() -> None:
         trainers["keras"] = keras[0]
         labels["keras"] = "Keras 3, torch backend"
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="digits-bench-") as work:
-        folder = Path(work) / "digits"
-        folder.mkdir()
-        (folder / "model.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
-        run = prepare(folder, epochs=args.epochs, verbose=0)
-        results = {
-            threads: bench(run, trainers, threads, args.epochs, args.repeats)
-            for threads in args.threads
-        }
+    run = prepare(SPEC_FOLDER, epochs=args.epochs, verbose=0)
+    results = {
+        threads: bench(run, trainers, threads, args.epochs, args.repeats)
+        for threads in args.threads
+    }
     command = (
         f"python bench/digits_bench.py --repeats {args.repeats} --epochs {args.epochs} "
         f"--threads {' '.join(map(str, args.threads))}"

@@ -117,7 +117,7 @@ def test_missing_model_file(copied_bundle: Path):
         inference.load(copied_bundle)
 
 
-@pytest.mark.parametrize("name", ["side_effects", "iris"])
+@pytest.mark.parametrize("name", ["side_effects", "iris", "digits"])
 def test_committed_bundles_load_and_verify(name: str):
     model = inference.load(MODELS / name)
     assert model.name == name

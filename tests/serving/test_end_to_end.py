@@ -94,7 +94,7 @@ def test_tritonclient_errors_carry_our_message(triton_client):  # type: ignore[n
 
 def test_tritonclient_repository_extension(triton_client):  # type: ignore[no-untyped-def]
     index = triton_client.get_model_repository_index()
-    assert {m["name"] for m in index} == {"iris", "side_effects"}
+    assert {m["name"] for m in index} == {"digits", "iris", "side_effects"}
     triton_client.unload_model("iris")
     assert not triton_client.is_model_ready("iris")
     triton_client.load_model("iris")

@@ -77,7 +77,8 @@ def test_a_failed_model_is_reported_and_the_others_serve(
         client.post("/v1/models/side_effects:predict", json={"instances": [70]}).status_code == 200
     )
     index = client.post("/v2/repository/index").json()
-    assert {"name": "iris", "version": "1", "state": "UNAVAILABLE"}.items() <= index[0].items()
+    iris = next(m for m in index if m["name"] == "iris")
+    assert {"name": "iris", "version": "1", "state": "UNAVAILABLE"}.items() <= iris.items()
 
 
 def test_an_invalid_serving_section_is_reported(make_client: ClientFactory, repo_copy: Path):
@@ -167,10 +168,11 @@ def test_any_load_failure_is_recorded_and_the_server_gets_ready(
 def test_index_lists_every_version(client: TestClient):
     index = client.post("/v2/repository/index").json()
     assert [(m["name"], m["version"], m["state"]) for m in index] == [
+        ("digits", "1", "READY"),
         ("iris", "1", "READY"),
         ("side_effects", "1", "READY"),
     ]
-    assert len(client.post("/v2/repository/index", json={"ready": True}).json()) == 2
+    assert len(client.post("/v2/repository/index", json={"ready": True}).json()) == 3
 
 
 def test_a_name_the_file_system_refuses_is_an_unknown_model(client: TestClient):

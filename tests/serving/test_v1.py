@@ -53,7 +53,7 @@ def test_status_lists_the_expected_features(client: TestClient):
     assert status["features"] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     assert status["classes"] == ["setosa", "versicolor", "virginica"]
     assert status["version"] == "1"
-    assert client.get("/v1/models").json() == {"models": ["iris", "side_effects"]}
+    assert client.get("/v1/models").json() == {"models": ["digits", "iris", "side_effects"]}
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_bare_values_need_a_one_feature_model(client: TestClient):
 
 def test_errors_on_v1_are_json_too(client: TestClient):
     assert client.post("/v1/models/nope:predict", json={"instances": [1]}).json() == {
-        "error": "unknown model 'nope'; models: iris, side_effects"
+        "error": "unknown model 'nope'; models: digits, iris, side_effects"
     }
     response = client.post(PREDICT, content=b"{", headers={"content-type": "application/json"})
     assert response.status_code == 400

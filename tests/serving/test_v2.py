@@ -73,7 +73,7 @@ def test_model_ready(client: TestClient):
 @pytest.mark.parametrize(
     ("path", "status", "message"),
     [
-        ("/v2/models/nope", 404, "unknown model 'nope'; models: iris, side_effects"),
+        ("/v2/models/nope", 404, "unknown model 'nope'; models: digits, iris, side_effects"),
         ("/v2/models/nope/ready", 404, "unknown model 'nope'"),
         ("/v2/models/iris/versions/9", 404, "model 'iris' has no version 9; versions: 1"),
         (
@@ -556,7 +556,7 @@ def test_bad_requests_are_4xx_naming_the_problem(
 def test_unknown_model_on_infer(client: TestClient):
     response = post(client, {"inputs": [tensor([[70.0]])]}, "/v2/models/sideeffects/infer")
     assert response.status_code == 404
-    assert response.json() == {"error": "unknown model 'sideeffects'; models: iris, side_effects"}
+    assert response.json() == {"error": "unknown model 'sideeffects'; models: digits, iris, side_effects"}
 
 
 def test_method_not_allowed_is_json(client: TestClient):

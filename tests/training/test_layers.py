@@ -348,34 +348,10 @@ def write(tmp_path: Path, name: str, spec: dict[str, Any]) -> Path:
 
 DIGITS_CSV = Path(__file__).parents[2] / "training" / "datasets" / "digits.csv.gz"
 
-DIGITS_CNN: dict[str, Any] = {
-    "name": "digits",
-    "data": {
-        "source": "builtin:digits",
-        "features": ["pixels"],
-        "label": "digit",
-        "classes": [str(d) for d in range(10)],
-        "validation_split": 0.2,
-    },
-    "model": {
-        "input_shape": [8, 8, 1],
-        "layers": [
-            {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": "same"},
-            {"type": "batch_normalization"},
-            {"type": "max_pooling2d", "pool_size": 2},
-            {"type": "conv2d", "filters": 32, "kernel_size": 3, "activation": "relu"},
-            {"type": "flatten"},
-            {"type": "dropout", "rate": 0.25},
-            {"type": "dense", "units": 10, "activation": "softmax"},
-        ],
-    },
-    "compile": {
-        "optimizer": {"name": "adam", "learning_rate": 0.001},
-        "loss": "sparse_categorical_crossentropy",
-        "metrics": ["accuracy"],
-    },
-    "fit": {"batch_size": 32, "epochs": 15},
-}
+DIGITS_CNN: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).parents[2] / "models" / "digits" / "model.yaml").read_text()
+)
+"""The shipped digits model's spec."""
 
 SUMMARY = """\
 Model: "digits"

@@ -26,7 +26,7 @@ def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
 
 
 def test_the_committed_specs_are_valid():
-    for name in ("side_effects", "iris"):
+    for name in ("side_effects", "iris", "digits"):
         spec, file = load_spec(MODELS / name)
         assert spec.name == name
         assert file.name == "model.yaml"
