@@ -39,7 +39,11 @@ def test_every_worker_process_logs_as_configured():
     loaded = [m for m in messages if m.startswith("loaded model side_effects")]
     assert len(loaded) == 2, messages  # one per worker
     assert sum(m.startswith("garbage collector settled") for m in messages) == 2, messages
-    assert {line["model"] for line in lines if "model" in line} == {"digits", "iris", "side_effects"}
+    assert {line["model"] for line in lines if "model" in line} == {
+        "digits",
+        "iris",
+        "side_effects",
+    }
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]
 
 

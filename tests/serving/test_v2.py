@@ -556,7 +556,9 @@ def test_bad_requests_are_4xx_naming_the_problem(
 def test_unknown_model_on_infer(client: TestClient):
     response = post(client, {"inputs": [tensor([[70.0]])]}, "/v2/models/sideeffects/infer")
     assert response.status_code == 404
-    assert response.json() == {"error": "unknown model 'sideeffects'; models: digits, iris, side_effects"}
+    assert response.json() == {
+        "error": "unknown model 'sideeffects'; models: digits, iris, side_effects"
+    }
 
 
 def test_method_not_allowed_is_json(client: TestClient):
