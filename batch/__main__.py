@@ -120,9 +120,11 @@ def check(args: argparse.Namespace) -> list[str]:
     args.remote = args.remote or os.environ.get("SPARK_REMOTE") or None
     if args.remote and args.master:
         raise JobError("--master and --remote (or SPARK_REMOTE) exclude each other; pass one")
-    local = (
-        preflight.local_remote(args.remote) if args.remote else preflight.local_master(args.master)
-    )
+    if args.remote:
+        preflight.check_remote(args.remote)
+        local = preflight.local_remote(args.remote)
+    else:
+        local = preflight.local_master(args.master)
     spec = preflight.check_model(
         args.model,
         args.version,

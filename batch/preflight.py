@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import posixpath
+import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,6 +62,20 @@ def local_remote(remote: str) -> bool:
         return True
     host = (urlsplit(remote).hostname or "").lower()
     return host in ("localhost", "127.0.0.1", "::1")
+
+
+def check_remote(remote: str, timeout: float = 5.0) -> None:
+    """A Spark Connect server answers at `sc://host:port` (pyspark's client would retry for
+    minutes before saying it cannot)."""
+    if not remote.startswith("sc://"):
+        return
+    parts = urlsplit(remote.split(";", 1)[0])
+    host, port = parts.hostname or "localhost", parts.port or 15002
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise JobError(f"no Spark Connect server answers at {host}:{port} ({reason})") from e
 
 
 def input_format(path: str, given: str | None) -> str:
@@ -135,9 +150,10 @@ def check_paths(input_path: str, output_path: str, mode: str, *, local: bool) ->
     if local and is_local(input_path):
         _check_input(Path(local_path(input_path)), input_path)
     if local and is_local(output_path):
-        clean_stale(Path(os.path.abspath(local_path(output_path.rstrip("/")))))
+        clean_stale(locate(output_path.rstrip("/")))
     if not is_local(output_path):
         _check_remote_output(locate(output_path), mode)
+        clean_stale(locate(output_path.rstrip("/")))
     if not is_local(input_path) and not exists(locate(input_path)):
         raise JobError(f"input {input_path} does not exist")
 

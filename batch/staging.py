@@ -2,25 +2,28 @@
 does with one that a killed run left behind.
 
 A staging folder is named `<output>.tmp-<pid>-<host>-<random>`: the driver's process id and
-host say whose it is. Before writing, a run looks at the staging folders beside its (local)
-output: one of a process of this host that no longer runs is removed, with a warning; one of a
-live process is another run writing the same output now, and the run refuses to race it; one
-of another host (or of an older release, without the pid) is reported and left alone, since
-only that host can tell whether its run is alive.
+host say whose it is. Before writing, a run looks at the staging folders beside its output
+(local or in a store): one of a process of this host that no longer runs is removed, with a
+warning; one of a live process is another run writing the same output now, and the run
+refuses to race it; one of another host (or of an older release, without the pid) is
+reported and left alone, since only that host can tell whether its run is alive.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
-import shutil
 import socket
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
+import pyarrow.fs as pafs
+
+from batch import storage
 from batch.errors import JobError
+from batch.storage import Location
 
 log = logging.getLogger("batch")
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
@@ -34,7 +37,7 @@ def staging_path(output_path: str) -> str:
 
 @dataclass(frozen=True)
 class Leftover:
-    folder: Path
+    folder: Location
     pid: int | None
     host: str | None
 
@@ -44,46 +47,54 @@ class Leftover:
         return self.host == _HOST and self.pid is not None
 
 
-def leftovers(output: Path) -> list[Leftover]:
-    """The staging folders beside the local `output`, whoever made them."""
-    parent = output.parent
+def leftovers(output: Location) -> list[Leftover]:
+    """The staging folders beside `output`, whoever made them."""
+    name = posixpath.basename(output.path.rstrip("/"))
+    parent = Location(output.uri, output.fs, posixpath.dirname(output.path.rstrip("/")))
     try:
-        entries = sorted(parent.glob(f"{_escaped(output.name)}.tmp-*"))
-    except OSError:
+        entries = storage.entries(parent)
+    except (OSError, JobError):
         return []
     found = []
     for entry in entries:
-        match = _NAME.search(entry.name[len(output.name) :])
-        pid = int(match["pid"]) if match else None
-        found.append(Leftover(entry, pid, match["host"] if match else None))
+        if entry.type != pafs.FileType.Directory or not entry.base_name.startswith(f"{name}.tmp-"):
+            continue
+        match = _NAME.search(entry.base_name[len(name) :])
+        uri = entry.path if not output.remote else output.sibling(entry.base_name).uri
+        folder = Location(uri, output.fs, entry.path)
+        found.append(Leftover(folder, int(match["pid"]) if match else None, _host(match)))
     return found
 
 
-def clean_stale(output: Path) -> None:
+def _host(match: re.Match[str] | None) -> str | None:
+    return match["host"] if match else None
+
+
+def clean_stale(output: Location) -> None:
     """Remove what killed runs of this host left beside `output`; refuse when a live run is
     writing the same output; report (and keep) what other hosts left."""
     for leftover in leftovers(output):
+        where = leftover.folder.uri
         if not leftover.ours:
             log.warning(
                 "%s was left by a run on %s; remove it if no run there writes %s",
-                leftover.folder,
+                where,
                 leftover.host or "an unknown host",
-                output,
+                output.uri,
             )
         elif _alive(leftover.pid):
             raise JobError(
-                f"another run (process {leftover.pid}) is writing {output} now (staging "
-                f"{leftover.folder}); wait for it, or remove that folder if no such run exists"
+                f"another run (process {leftover.pid}) is writing {output.uri} now (staging "
+                f"{where}); wait for it, or remove that folder if no such run exists"
             )
         else:
             log.warning(
-                "removing %s, left by a run (process %d) that no longer runs",
-                leftover.folder,
-                leftover.pid,
+                "removing %s, left by a run (process %d) that no longer runs", where, leftover.pid
             )
-            shutil.rmtree(leftover.folder, ignore_errors=True)
-            if leftover.folder.exists():
-                log.warning("could not remove %s; remove it by hand", leftover.folder)
+            try:
+                storage.delete(leftover.folder)
+            except JobError:
+                log.warning("could not remove %s; remove it by hand", where)
 
 
 def _alive(pid: int | None) -> bool:

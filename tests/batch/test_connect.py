@@ -144,3 +144,24 @@ def test_the_cli_on_spark_connect_writes_what_a_classic_session_writes(
     assert not list(tmp_path.glob("*.tmp-*")), "no staging folder may remain"
     both = batch_cli(*args, str(tmp_path / "x"), "--remote", connect_server, "--master", "local")
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_a_connect_server_that_does_not_answer_is_one_line(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    result = batch_cli(
+        "score",
+        "--model",
+        "models/side_effects",
+        "--input",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "o"),
+        env={"SPARK_REMOTE": f"sc://127.0.0.1:{port}"},
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last == f"error: no Spark Connect server answers at 127.0.0.1:{port} (Connection refused)"
+    )

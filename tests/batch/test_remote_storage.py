@@ -201,3 +201,25 @@ def test_bad_credentials_are_one_line(s3: pafs.S3FileSystem, env: dict[str, str]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: s3://data/") and "access denied; check the credentials" in last
     assert "Traceback" not in result.stderr
+
+
+def test_staging_a_killed_run_left_in_the_store_is_removed(
+    s3: pafs.S3FileSystem, env: dict[str, str]
+):
+    from batch.staging import _HOST
+
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    dead = exited.pid
+    stale = f"data/later.tmp-{dead}-{_HOST}-0123456789ab"
+    with s3.open_output_stream(f"{stale}/part-00000.snappy.parquet") as f:
+        f.write(b"half a result")
+    # refused after the staging check (the iris model's columns are not there): no Spark
+    result = score(
+        "--input", "s3://data/in", "--output", "s3://data/later", env=env, model="models/iris"
+    )
+    assert result.returncode == 2
+    assert f"removing s3://data/{stale.split('/')[1]}, left by a run (process {dead})" in (
+        result.stderr
+    )
+    assert not [k for k in keys(s3) if ".tmp-" in k]
