@@ -10,6 +10,8 @@ import re
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from batch.scoring import is_connect
+
 _LOCAL = re.compile(r"local(?:\[(?P<threads>\*|\d+)(?:,\s*\d+)?\])?")
 
 
@@ -21,9 +23,18 @@ def master(spark: SparkSession) -> str:
         return ""
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
 def local(spark: SparkSession) -> bool:
-    """Whether the executors run where the driver runs (local mode)."""
-    return master(spark).startswith("local")
+    """Whether the executors run on this machine: local mode, and on Spark Connect a server on
+    this machine (one elsewhere has its own local files)."""
+    if not master(spark).startswith("local"):
+        return False
+    if not is_connect(spark):
+        return True
+    builder = getattr(getattr(spark, "client", None), "_builder", None)
+    return str(getattr(builder, "host", "") or "").lower() in LOOPBACK
 
 
 def parallelism(spark: SparkSession) -> int:
