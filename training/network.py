@@ -90,12 +90,18 @@ class Conv(nn.Module):
     def __init__(self, shape: L.Shape, spec: L.Conv1DSpec | L.Conv2DSpec):
         super().__init__()
         kind = nn.Conv1d if spec.rank == 1 else nn.Conv2d
+        pads = _pads(shape[:-1], spec.kernel, spec.stride, spec.dilation, spec.padding)
+        # Even padding (an odd kernel at stride 1, Keras's usual `same`) is the convolution's own:
+        # one Conv node instead of a Pad and a Conv, and no padded copy of the input.
+        before, after = pads[0::2], pads[1::2]  # F.pad's order: last axis first
+        inner = tuple(reversed(before)) if pads and before == after else 0
+        self.pads = [] if inner else pads
         windows: dict[str, Any] = {"stride": spec.stride, "dilation": spec.dilation}
-        self.conv = kind(shape[-1], spec.filters, spec.kernel, bias=spec.use_bias, **windows)  # type: ignore[arg-type]
+        windows.update(padding=inner, bias=spec.use_bias)
+        self.conv = kind(shape[-1], spec.filters, spec.kernel, **windows)  # type: ignore[arg-type]
         nn.init.xavier_uniform_(self.conv.weight)
         if self.conv.bias is not None:
             nn.init.zeros_(self.conv.bias)
-        self.pads = _pads(shape[:-1], spec.kernel, spec.stride, spec.dilation, spec.padding)
         self.activation = ActivationLayer(spec.activation)
 
     def forward(self, x: Tensor) -> Tensor:
