@@ -80,8 +80,9 @@ class DecodedRequest:
     binary_flags: dict[str, bool]
     """Outputs whose request said `binary_data` explicitly; the others follow the default."""
     binary_default: bool
-    classify: dict[str, int] | None = None
-    """Outputs answered as their top classes (the classification extension), and how many."""
+    classify: dict[str, int] | None
+    """Outputs answered as their top classes (the classification extension), and how many;
+    None for none (no default: filling one costs the plain request's call)."""
 
 
 def split_body(raw: bytes, headers: Mapping[str, str], limit: int) -> Body:
@@ -237,7 +238,7 @@ def _plain_request(
     array = _plain_binary(tensor, binary) if binary else _plain_tensor(tensor)
     if array is None:
         return None
-    return DecodedRequest(request_id, {signature.name: array}, None, {}, False)
+    return DecodedRequest(request_id, {signature.name: array}, None, {}, False, None)
 
 
 def _fits(tensor: dict[str, Any], signature: InputInfo) -> bool:
