@@ -9,8 +9,10 @@ task reads its row groups with pyarrow, scores them with the same worker code as
 (`score_arrays`, so the same validation and the same columns) and writes one part file.
 
 The files are opened through pyarrow's file systems (`batch.storage`): local paths, and `s3://`,
-`gs://`, `hdfs://`, ... stores. Spark runs the tasks as a DataFrame job (one row per task,
-`mapInArrow`), which classic Spark and Spark Connect both run.
+`gs://`, `hdfs://`, ... stores. On a classic session Spark runs the tasks as an RDD job; Spark
+Connect has no RDDs, so there they are a DataFrame job (one row per task, `mapInArrow`). The RDD
+job is kept because a cold CLI run's first SQL query (planning, Arrow round trip) made the job
+about twice as slow (bench/RESULTS.md).
 
 The job uses this path only where it is safe (`unusable` says why not, otherwise):
 - Parquet in and Parquet out, in a store every task can open: a remote one, or the local file
@@ -38,6 +40,7 @@ from pyspark.sql import SparkSession
 
 import inference
 from batch import paths, storage
+from batch.scoring import is_connect
 from batch.spec import OutputColumn, ScoringSpec, output_layout
 from batch.storage import Location
 from batch.worker import flatten, model_for, score_arrays
@@ -186,8 +189,8 @@ RESULT_SCHEMA = "rows long, bad long, first_error string"
 def score_files(
     spark: SparkSession, spec: ScoringSpec, prefix: str, task_plan: Plan, staging: Location
 ) -> list[TaskResult]:
-    """Run the tasks, one per partition of a DataFrame job; each writes
-    `staging/part-NNNNN.snappy.parquet`."""
+    """Run the tasks, one per Spark task (an RDD job on a classic session, a DataFrame job on
+    Spark Connect, which has no RDDs); each writes `staging/part-NNNNN.snappy.parquet`."""
     staging.fs.create_dir(staging.path)
     tasks = task_plan.tasks
     source = task_plan.filesystem
@@ -206,6 +209,14 @@ def score_files(
                 )
 
     count = max(1, len(tasks))
+    if not is_connect(spark):
+        # A classic session runs the tasks as plain RDD work: no SQL query to plan and no
+        # Arrow round trip, which made a cold CLI run's job about twice as slow.
+        return (
+            spark.sparkContext.parallelize(tasks, count)
+            .map(lambda task: run_task(spec, prefix, task, source, staging))
+            .collect()
+        )
     ids = spark.range(0, len(tasks), numPartitions=count)  # one task per partition
     return [
         TaskResult(int(r["rows"]), int(r["bad"]), r["first_error"])
