@@ -79,11 +79,28 @@ def spark_session(
     return spark
 
 
+ERROR_CLASS = re.compile(r"\S+: \[[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*\]")
+"""A JVM exception's first line that names Spark's error class (`...: [FAILED_READ_FILE...]`)."""
+
+
 def error_line(error: Exception) -> str:
-    """The first line of a Spark error: the JVM's exception for a Py4J error, not the call."""
+    """The first line of a Spark error: for a Py4J error, the JVM exception's, not the call's;
+    the first exception in its cause chain that names an error class, where one does (Spark 4.1
+    wraps a failed schema-inference job's error in a plain "Job aborted")."""
     java = getattr(error, "java_exception", None)
-    text = str(java if java is not None else error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if java is None:
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    first, cause = "", java
+    for _ in range(8):
+        if cause is None:
+            break
+        line = (str(cause).strip().splitlines() or [""])[0]
+        first = first or line
+        if ERROR_CLASS.match(line):
+            return line
+        cause = cause.getCause()
+    return first or type(error).__name__
 
 
 def worker_error(error: Exception) -> str:
