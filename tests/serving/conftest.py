@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -115,7 +115,7 @@ class Server:
             env={**os.environ, **(env or {})},
         )
 
-    def wait_ready(self) -> Server:
+    def wait_ready(self) -> Self:
         with httpx.Client(base_url=self.url) as c:
             try:
                 wait_ready(c, timeout=60, alive=lambda: self.process.poll() is None)
@@ -133,6 +133,15 @@ class Server:
         if self.process.poll() is None:
             self.stop()
         return self.process.stdout.read() if self.process.stdout else ""
+
+
+class GrpcServer(Server):
+    """`python -m serving` with its gRPC endpoint too, on a free port of its own."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        super().__init__(*args, "--grpc-port", str(self.grpc_port), env=env)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import inference
 from serving.app import create_app
 from serving.settings import Settings
 from tests.conftest import MODELS, REPO
-from tests.serving.conftest import Server, free_port
+from tests.serving.conftest import GrpcServer, Server
 
 SPEC = REPO.parent / "shared" / "oip-spec" / "open_inference_rest.yaml"
 CHECKS = [
@@ -136,18 +136,16 @@ def test_metadata_lists_what_a_request_without_outputs_gets() -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    port = free_port()
-    s = Server("--repo", str(MODELS), "--grpc-port", str(port)).wait_ready()
-    s.grpc_port = port  # type: ignore[attr-defined]
+def server() -> Iterator[GrpcServer]:
+    s = GrpcServer("--repo", str(MODELS)).wait_ready()
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
-def clients(server: Server) -> Iterator[dict[str, Any]]:
+def clients(server: GrpcServer) -> Iterator[dict[str, Any]]:
     http = th.InferenceServerClient(url=server.url.removeprefix("http://"))
-    grpc = tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")  # type: ignore[attr-defined]
+    grpc = tg.InferenceServerClient(server.grpc_target)
     yield {"http": (http, th), "grpc": (grpc, tg)}
     http.close()
     grpc.close()

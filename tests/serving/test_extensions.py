@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import MODELS
-from tests.serving.conftest import Server, free_port
+from tests.serving.conftest import GrpcServer, Server
 
 DELAY_US = 50_000
 """iris's batching delay: long enough that concurrent requests surely meet in one batch."""
@@ -64,10 +64,8 @@ def _fixed(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[Server]:
-    port = free_port()
-    s = Server("--repo", str(repo), "--grpc-port", str(port)).wait_ready()
-    s.grpc_port = port  # type: ignore[attr-defined]
+def server(repo: Path) -> Iterator[GrpcServer]:
+    s = GrpcServer("--repo", str(repo)).wait_ready()
     yield s
     s.stop()
 
@@ -80,8 +78,8 @@ def http(server: Server) -> Iterator[th.InferenceServerClient]:
 
 
 @pytest.fixture(scope="module")
-def grpc(server: Server) -> Iterator[tg.InferenceServerClient]:
-    c = tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")  # type: ignore[attr-defined]
+def grpc(server: GrpcServer) -> Iterator[tg.InferenceServerClient]:
+    c = tg.InferenceServerClient(server.grpc_target)
     yield c
     c.close()
 

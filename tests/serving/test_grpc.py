@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests import byom
 from tests.conftest import MODELS, REPO
-from tests.serving.conftest import Server, free_port
+from tests.serving.conftest import GrpcServer, Server, free_port
 
 DATATYPES = {np.float32: "FP32", np.int64: "INT64", np.object_: "BYTES"}
 TYPED = {k: v for k, v in byom.DTYPES.items() if k != "f16"}
@@ -72,10 +72,8 @@ def _identity(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[Server]:
-    port = free_port()
-    s = Server("--repo", str(repo), "--grpc-port", str(port)).wait_ready()
-    s.grpc_port = port  # type: ignore[attr-defined]
+def server(repo: Path) -> Iterator[GrpcServer]:
+    s = GrpcServer("--repo", str(repo)).wait_ready()
     yield s
     stopped(s)
 
@@ -88,15 +86,15 @@ def stopped(server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[tg.InferenceServerClient]:
-    c = tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")  # type: ignore[attr-defined]
+def client(server: GrpcServer) -> Iterator[tg.InferenceServerClient]:
+    c = tg.InferenceServerClient(server.grpc_target)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="module")
-def stub(server: Server) -> Iterator[Any]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:  # type: ignore[attr-defined]
+def stub(server: GrpcServer) -> Iterator[Any]:
+    with grpc.insecure_channel(server.grpc_target) as channel:
         yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
@@ -359,18 +357,16 @@ def test_repository_index_unload_and_load(client, http):  # type: ignore[no-unty
 
 
 @pytest.fixture(scope="module")
-def guarded(repo: Path) -> Iterator[Server]:
+def guarded(repo: Path) -> Iterator[GrpcServer]:
     """A server with an API key and a 4 KiB body limit."""
-    port = free_port()
     env = {"SERVING_API_KEY": "s3cret", "SERVING_MAX_BODY_BYTES": "4096"}
-    s = Server("--repo", str(repo), "--grpc-port", str(port), env=env).wait_ready()
-    s.grpc_port = port  # type: ignore[attr-defined]
+    s = GrpcServer("--repo", str(repo), env=env).wait_ready()
     yield s
     stopped(s)
 
 
-def test_api_key_and_body_limit(guarded: Server):
-    client = tg.InferenceServerClient(f"127.0.0.1:{guarded.grpc_port}")  # type: ignore[attr-defined]
+def test_api_key_and_body_limit(guarded: GrpcServer):
+    client = tg.InferenceServerClient(guarded.grpc_target)
     assert client.is_server_live() and client.is_server_ready()  # probes need no key
     feeds = CASES["side_effects"]()
     with pytest.raises(InferenceServerException) as raised:
