@@ -63,8 +63,8 @@ DESCRIPTIONS = {
 def count(case: str, repo: Path, requests: int) -> None:
     """The measured part (run under callgrind by `main`)."""
     from bench.floor_apps import fastapi_app
-    from serving.app import create_app
-    from serving.settings import Settings
+    from serving.http.app import create_app
+    from serving.ops.settings import Settings
 
     path, body = CASES[case]
     batching = {"max_batch_size": 64} if case.endswith("-batched") else {}

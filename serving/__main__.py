@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import uvicorn
 from pydantic import ValidationError
@@ -26,78 +26,51 @@ from uvicorn.supervisors import Multiprocess
 from inference import ProviderUnavailableError
 from inference.errors import describe_problems
 from inference.runtime import resolve_providers
-from serving import connections, listener, logs, shared_metrics
-from serving.app import create_app
-from serving.repository import model_names
-from serving.settings import Settings
+from serving.core.repository import model_names
+from serving.http import connections
+from serving.http.app import create_app
+from serving.ops import logs, shared_metrics
+from serving.ops.settings import Settings
+from serving.process import listener
 
 log = logging.getLogger("serving")
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    """The flags given, by setting name: one flag per field of `Settings`, made from the field
+    (so that a new setting is a flag without another line here, and `--help` lists them all).
+    Values stay strings for pydantic to check, as it checks env vars and the settings file."""
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n")[0])
-    p.add_argument("--repo", type=Path, help="model repository (default: models)")
-    p.add_argument("--models", help="serve only these models, comma-separated")
-    p.add_argument(
-        "--allow-empty",
-        action="store_true",
-        default=None,
-        help="start even if the repository holds no model folder",
-    )
-    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
-    p.add_argument("--port", type=int, help="port (default 8080)")
-    p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port (default: off)")
-    p.add_argument(
-        "--workers", help="worker processes, or auto: one per CPU (default 1)", metavar="N|auto"
-    )
-    p.add_argument(
-        "--reuse-port",
-        action=argparse.BooleanOptionalAction,
-        help="with several workers, a socket each so that Linux spreads connections (default on)",
-    )
-    p.add_argument(
-        "--metrics-dir",
-        type=Path,
-        help="where workers share their metrics (default: a temporary folder when workers > 1)",
-    )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
-    p.add_argument("--settings-file", type=Path, help="YAML or JSON file of settings")
-    p.add_argument("--providers", help="execution providers in order, e.g. cuda,cpu")
-    p.add_argument(
-        "--allow-cpu-fallback",
-        action="store_true",
-        default=None,
-        help="run on the CPU if a requested accelerator is unavailable",
-    )
-    p.add_argument("--intra-op-threads", type=int, help="onnxruntime threads per session")
-    p.add_argument(
-        "--max-batch-size", type=int, help="adaptive batching: most rows per merged run (0: off)"
-    )
-    p.add_argument(
-        "--max-delay-us", type=int, help="adaptive batching: longest wait for a batch to fill"
-    )
-    add_connection_flags(p)
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        help = first_sentence(field.description) + shown(default)
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        if field.annotation is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
+        elif choices:
+            p.add_argument(flag, choices=choices, help=help)
+        else:
+            metavar = "N|auto" if name == "workers" else name.upper()
+            p.add_argument(flag, metavar=metavar, help=help)
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
 
-def add_connection_flags(p: argparse.ArgumentParser) -> None:
-    """Limits on each connection and request (serving/connections.py)."""
-    g = p.add_argument_group("connections and requests")
-    g.add_argument("--header-timeout-s", type=float, help="headers complete within (default 10)")
-    g.add_argument("--body-timeout-s", type=float, help="body complete within (default 60)")
-    g.add_argument("--keep-alive-timeout-s", type=float, help="idle connection closed after (5)")
-    g.add_argument("--max-header-bytes", type=int, help="431 beyond (default 65536)")
-    g.add_argument("--max-headers", type=int, help="431 beyond this many headers (default 100)")
-    g.add_argument("--max-body-bytes", type=int, help="413 beyond (default 64 MiB)")
-    g.add_argument(
-        "--max-connections",
-        type=int,
-        help="open connections per process; 503 beyond (default: 3/4 of the open-file limit)",
-    )
-    g.add_argument(
-        "--drain-timeout-s", type=float, help="on SIGTERM, time to finish requests (default 30)"
-    )
+def shown(default: Any) -> str:
+    if default is None or default == []:  # the docstring says what happens then
+        return ""
+    if isinstance(default, bool):
+        return f" (default: {'on' if default else 'off'})"
+    if isinstance(default, list):
+        return f" (default: {','.join(default)})"
+    return f" (default: {default})"
+
+
+def first_sentence(text: str | None) -> str:
+    """A setting's docstring up to its first full stop, on one line (the rest is for the docs)."""
+    words = " ".join((text or "").split())
+    end = words.find(". ")
+    return (words if end < 0 else words[: end + 1]).rstrip(".")
 
 
 def check(settings: Settings) -> None:
@@ -213,12 +186,12 @@ def run_one(settings: Settings, common: dict[str, Any]) -> int:
 
 
 def run_workers(settings: Settings, common: dict[str, Any]) -> int:
-    """uvicorn's supervisor over `settings.workers` processes, listening as serving/listener.py
-    says (what `uvicorn.run(..., workers=N)` does, with the socket of our choice). The metrics
-    folder is cleared once the port is ours: a start refused for a port in use must not clear
-    the files of the server that holds it."""
+    """uvicorn's supervisor over `settings.workers` processes, listening as
+    serving/process/listener.py says (what `uvicorn.run(..., workers=N)` does, with the socket
+    of our choice). The metrics folder is cleared once the port is ours: a start refused for a
+    port in use must not clear the files of the server that holds it."""
     config = uvicorn.Config(
-        "serving.app:create_worker_app", factory=True, workers=settings.workers, **common
+        "serving.http.app:create_worker_app", factory=True, workers=settings.workers, **common
     )
     sock = listen(settings, settings.reuse_port)
     if sock is None:

@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2_grpc
 
-from serving.dataplane import DataPlane
+from serving.core.dataplane import DataPlane
 from serving.grpc.service import InferenceService
-from serving.settings import Settings
+from serving.ops.settings import Settings
 
 log = logging.getLogger("serving")
 

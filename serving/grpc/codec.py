@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from inference.metadata import BundleMetadata
-from serving.errors import BadRequest
+from serving.core.errors import BadRequest
 from serving.protocol.classification import MISPLACED, PARAMETER, class_count, classify
 from serving.protocol.codec import DTYPES, LENGTH
 

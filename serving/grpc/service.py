@@ -25,12 +25,11 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from inference import InvalidInputError
-from serving.dataplane import DataPlane
-from serving.errors import ModelNotFound, ModelNotReady, ServingError
+from serving.core.dataplane import DataPlane
+from serving.core.errors import ModelNotFound, ModelNotReady, ServingError
 from serving.grpc.codec import decode_request, encode_response
-from serving.protocol import v2
-from serving.protocol.extensions import model_config, statistics
-from serving.protocol.repository_api import index_rows, load_model
+from serving.protocol import answers
+from serving.protocol.answers import index_rows, load_model, model_config, statistics
 
 log = logging.getLogger("serving")
 T = TypeVar("T")
@@ -84,7 +83,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     async def ServerMetadata(self, request: Any, context: Context) -> Any:  # noqa: N802
         async def work(call: Call) -> Any:
             return pb.ServerMetadataResponse(
-                name=v2.SERVER_NAME, version=v2.server_version(), extensions=v2.EXTENSIONS
+                name=answers.SERVER_NAME,
+                version=answers.server_version(),
+                extensions=answers.EXTENSIONS,
             )
 
         return await self._answer(context, "ServerMetadata", work)
@@ -97,7 +98,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             return pb.ModelMetadataResponse(
                 name=request.name,
                 versions=[str(v) for v in entry.ready_versions],
-                platform=v2.PLATFORM,
+                platform=answers.PLATFORM,
                 inputs=[_tensor(t) for t in meta.inputs],
                 outputs=[_tensor(t) for t in meta.outputs if t.role != "layer"],  # as over HTTP
             )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from inference.metadata import BundleMetadata
-from serving.errors import BadRequest
+from serving.core.errors import BadRequest
 
 PARAMETER = "classification"
 MISPLACED = (

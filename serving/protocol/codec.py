@@ -31,9 +31,9 @@ from starlette.responses import Response
 from inference.errors import describe_problems
 from inference.inputs import as_array, holds_booleans, shown
 from inference.metadata import BundleMetadata, InputInfo
-from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from serving.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from serving.protocol.classification import MISPLACED, PARAMETER, class_count, classify
-from serving.schemas import InferenceRequest, RequestInput
+from serving.protocol.schemas import InferenceRequest, RequestInput
 
 HEADER_LENGTH = "inference-header-content-length"
 HEADER_LENGTH_RAW = HEADER_LENGTH.encode()

@@ -15,8 +15,8 @@ from pyspark.sql import functions as F
 
 import inference
 from batch import ScoringError, score_dataframe
-from serving.app import create_app
-from serving.settings import Settings
+from serving.http.app import create_app
+from serving.ops.settings import Settings
 from tests.conftest import MODELS
 
 SIDE_EFFECTS = inference.load(MODELS / "side_effects")

@@ -18,8 +18,8 @@ from kubeflow_spark_api.models.spark_v1beta2_spark_application import (
 )
 
 from batch.__main__ import parse_args as batch_args
-from serving.app import create_app
-from serving.settings import Settings
+from serving.http.app import create_app
+from serving.ops.settings import Settings
 from tests.conftest import MODELS, REPO
 from training.__main__ import parse_args as training_args
 

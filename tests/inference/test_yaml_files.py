@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from inference.yaml_files import MAX_DEPTH, MAX_VALUES, YamlError, load_yaml, parse_yaml
-from serving.settings import Settings
+from serving.ops.settings import Settings
 from training.spec import SpecError, load_spec
 
 # 400 bytes that expand to 9**7 (4.8 million) strings once walked.

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.settings import Settings
+from serving.http.app import create_app
+from serving.ops.settings import Settings
 from tests.conftest import MODELS, REPO
 
 ClientFactory = Callable[..., TestClient]

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import inference
-from serving.batching import (
+from serving.core.batching import (
     PROBE_EVERY,
     TURN_PROBE_EVERY,
     Batcher,
@@ -33,7 +33,7 @@ from serving.batching import (
     BatchingOverride,
     BatchObserver,
 )
-from serving.errors import InferenceTimeout
+from serving.core.errors import InferenceTimeout
 from tests import byom
 from tests.conftest import MODELS
 from tests.serving.conftest import ClientFactory, Server, running_app
@@ -450,7 +450,7 @@ def test_a_timed_out_request_leaves_no_reference_cycle_holding_its_rows(
     """Under overload, queued requests time out. The timeout's traceback holds the frames it
     went through; none may hold the future that carries it, or the request's rows wait in a
     reference cycle for the cyclic collector, which a serving process runs rarely
-    (`serving/collector.py`)."""
+    (`serving/ops/collector.py`)."""
     batcher, _ = make_batcher(iris, max_delay_us=0, stall_on=-5.0, timeout_s=0.1)
 
     async def scenario() -> weakref.ref[np.ndarray]:

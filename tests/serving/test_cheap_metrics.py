@@ -7,7 +7,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from serving.cheap_metrics import Counter, Histogram
+from serving.ops.cheap_metrics import Counter, Histogram
 
 
 def test_histogram_buckets_are_less_or_equal_and_cumulative():

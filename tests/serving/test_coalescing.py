@@ -17,11 +17,11 @@ import orjson
 import pytest
 
 import inference
-from serving.app import create_app
-from serving.batching import TURN_PROBE_EVERY
-from serving.coalescing import Coalescer
-from serving.hot_path import ServingApp
-from serving.settings import Settings
+from serving.core.batching import TURN_PROBE_EVERY
+from serving.http.app import create_app
+from serving.http.coalescing import Coalescer
+from serving.http.fast_front import ServingApp
+from serving.ops.settings import Settings
 from tests.conftest import MODELS
 from tests.serving.conftest import Server
 from tests.serving.test_batching import outputs_of, rows_for, send_together, v2_body

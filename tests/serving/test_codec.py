@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import inference
-from serving.errors import BadRequest
+from serving.core.errors import BadRequest
 from serving.protocol import codec
 from tests.conftest import MODELS
 

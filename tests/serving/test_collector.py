@@ -1,4 +1,4 @@
-"""The garbage collector set for serving (`serving/collector.py`): frozen once the models are
+"""The garbage collector set for serving (`serving/ops/collector.py`): frozen once the models are
 loaded, settled again after each repository change, given back as found when the app stops,
 and left alone where the app does not own its process."""
 
@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.collector import YOUNG_THRESHOLD
-from serving.settings import Settings
+from serving.http.app import create_app
+from serving.ops.collector import YOUNG_THRESHOLD
+from serving.ops.settings import Settings
 from tests.conftest import MODELS
 from tests.serving.conftest import Server, running_app, wait_ready
 

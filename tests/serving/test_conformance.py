@@ -29,8 +29,8 @@ from schemathesis.generation import GenerationMode
 from tritonclient.utils import InferenceServerException
 
 import inference
-from serving.app import create_app
-from serving.settings import Settings
+from serving.http.app import create_app
+from serving.ops.settings import Settings
 from tests.conftest import MODELS, REPO
 from tests.serving.conftest import GrpcServer, Server
 

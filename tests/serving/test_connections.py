@@ -1,4 +1,4 @@
-"""Bounded connections (serving/connections.py): a real `python -m serving` with short limits set
+"""Bounded connections (serving/http/connections.py): a real `python -m serving` with short limits set
 by its flags, driven by raw sockets as a hostile client would (issue 26.6 and 26.12)."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import Server as UvicornServer
 from uvicorn.server import ServerState
 
-from serving import connections
-from serving.settings import Settings
+from serving.http import connections
+from serving.ops.settings import Settings
 from tests.serving.conftest import Server, run_cli
 
 TIMEOUT_S = 1.0
@@ -286,8 +286,8 @@ def test_every_setting_is_a_flag_with_a_sane_default():
         assert f"--{name.replace('_', '-')}" in shown
 
 
-# What serving/connections.py replaces or relies on inside uvicorn (read in uvicorn 0.55.0). A
-# change fails here, loudly: read the new code against serving/connections.py, then update.
+# What serving/http/connections.py replaces or relies on inside uvicorn (read in uvicorn 0.55.0). A
+# change fails here, loudly: read the new code against serving/http/connections.py, then update.
 RELIED_ON = {
     "HttpToolsProtocol.data_received": "010a7ae59a5d3b1a",  # replaced: ours adds the limits
     "HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8",
@@ -311,7 +311,7 @@ def test_the_uvicorn_internals_we_rely_on_are_unchanged(name: str):
     source = inspect.getsource(getattr(where, attribute))
     got = hashlib.sha256(source.encode()).hexdigest()[:16]
     assert got == RELIED_ON[name], (
-        f"uvicorn {uvicorn.__version__} changed {name}: serving/connections.py replaces or "
+        f"uvicorn {uvicorn.__version__} changed {name}: serving/http/connections.py replaces or "
         f"relies on it; check it against the new code, then set its digest to {got}"
     )
 
@@ -337,7 +337,7 @@ def test_worker_processes_apply_the_limits_too():
 
 def test_uvicorns_attributes_still_fit_a_shared_key_instance_dict():
     """Past CPython 3.11's 30 shared keys, every attribute look-up of a request is slower
-    (serving/connections.py keeps its own attributes in slots for that reason)."""
+    (serving/http/connections.py keeps its own attributes in slots for that reason)."""
     loop = asyncio.new_event_loop()
     try:
         config = uvicorn.Config(an_app, http=connections.protocol(Settings()))

@@ -279,7 +279,7 @@ def test_requests_run_in_the_executor_are_counted(make_client):  # type: ignore[
 
 
 def test_records_fold_into_the_same_totals_whenever_folded():
-    from serving.statistics import ModelStats
+    from serving.core.statistics import ModelStats
 
     stats = ModelStats()
     for i in range(5):  # 2 rows, checked in 1 s, queued 0.5 s, run in 2 s

@@ -399,7 +399,7 @@ def test_a_grpc_port_in_use_stops_the_start(repo: Path):
 
 def test_serving_with_grpc_imports_no_torch():
     code = (
-        "import sys; from serving.settings import Settings; from serving.app import create_app; "
+        "import sys; from serving.ops.settings import Settings; from serving.http.app import create_app; "
         "import serving.grpc; create_app(Settings(grpc_port=1, allow_empty=True)); "
         "print('torch' in sys.modules)"
     )

@@ -1,5 +1,5 @@
 """`--workers N` on Linux: a listening socket per worker, so that new connections spread over
-the workers however they arrive (serving/listener.py), and a port already served is refused."""
+the workers however they arrive (serving/process/listener.py), and a port already served is refused."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from uvicorn.config import STARTUP_FAILURE
 
-from serving import listener
+from serving.process import listener
 from tests.serving.conftest import Server, free_port, run_cli
 from tests.serving.test_shared_metrics import PREDICT, predicted, two_workers
 

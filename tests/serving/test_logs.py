@@ -10,7 +10,7 @@ import signal
 import httpx
 import pytest
 
-from serving.app import create_app_from_env
+from serving.http.app import create_app_from_env
 from tests.conftest import MODELS
 from tests.serving.conftest import Server
 
@@ -55,7 +55,7 @@ def test_the_access_log_is_off_unless_asked_for():
 
 
 def test_the_uvicorn_factory_leaves_logging_to_uvicorn(monkeypatch: pytest.MonkeyPatch):
-    """`uvicorn serving.app:create_app_from_env --factory`: the user's `--log-config` and
+    """`uvicorn serving.http.app:create_app_from_env --factory`: the user's `--log-config` and
     `--log-level` hold (only `python -m serving`'s own workers set their logging)."""
     monkeypatch.setenv("SERVING_REPO", str(MODELS))
     monkeypatch.setenv("SERVING_LOG_JSON", "true")

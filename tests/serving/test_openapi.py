@@ -15,8 +15,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from serving.app import create_app
-from serving.settings import Settings
+from serving.http.app import create_app
+from serving.ops.settings import Settings
 from tests.conftest import MODELS
 
 app = create_app(Settings(repo=MODELS))

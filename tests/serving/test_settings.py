@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from inference import available_cpus
-from serving.settings import Settings
+from serving import __main__
+from serving.ops.settings import Settings
 from tests.serving.conftest import run_cli, running_app
 
 
@@ -85,3 +86,33 @@ def test_connection_limits_come_from_file_env_and_flags(
     )
     with pytest.raises(ValidationError, match="max_header_bytes"):
         Settings(max_header_bytes=10)  # too small for any request line
+
+
+def test_every_setting_is_a_flag_listed_by_help():
+    text = run_cli("--help").stdout
+    missing = [n for n in Settings.model_fields if f"--{n.replace('_', '-')} " not in text]
+    assert not missing, f"settings without a flag in --help: {missing}"
+
+
+def test_flags_reach_the_settings_as_env_and_file_values_do():
+    given = __main__.parse_args(
+        ["--api-key", "k", "--inline-max-us", "0", "--no-reuse-port", "--log-json",
+         "--max-batch-rows", "5", "--request-timeout-s", "2.5", "--models", "iris,digits",
+         "--workers", "auto", "--log-level", "debug"]
+    )  # fmt: skip
+    settings = Settings.load(**given)
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k"
+    assert (settings.inline_max_us, settings.reuse_port, settings.log_json) == (0, False, True)
+    assert (settings.max_batch_rows, settings.request_timeout_s) == (5, 2.5)
+    assert settings.models == ["iris", "digits"] and settings.log_level == "debug"
+    assert settings.workers >= 1
+    assert __main__.parse_args([]) == {}  # what no flag names stays the env's or the file's
+
+
+def test_a_bad_flag_value_is_one_line():
+    result = run_cli("--repo", "models", "--max-batch-rows", "many")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid settings: max_batch_rows: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ]

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving import shared_metrics
-from serving.metrics import Metrics
-from serving.shared_metrics import SharedMetrics
+from serving.ops import shared_metrics
+from serving.ops.metrics import Metrics
+from serving.ops.shared_metrics import SharedMetrics
 from tests.serving.conftest import Server, run_cli, running_app
 from tests.serving.test_metrics import sample
 

@@ -1,5 +1,5 @@
 """The workers of `--workers N` stop when their supervisor is killed outright, instead of living
-on with the models and the port (serving/supervisor.py)."""
+on with the models and the port (serving/process/supervisor.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.supervisor import stop_with_supervisor
+from serving.process.supervisor import stop_with_supervisor
 from tests.conftest import REPO
 from tests.serving.conftest import free_port
 from tests.serving.test_listener import listening_sockets
@@ -21,7 +21,7 @@ from tests.serving.test_listener import listening_sockets
 COMMANDS = {
     "python -m serving": [sys.executable, "-m", "serving", "--repo", "models"],
     "uvicorn --factory": [
-        *(sys.executable, "-m", "uvicorn", "serving.app:create_app_from_env", "--factory"),
+        *(sys.executable, "-m", "uvicorn", "serving.http.app:create_app_from_env", "--factory"),
     ],
 }
 

@@ -2,7 +2,7 @@
 
 Counting must cost a request next to nothing (`bench/instructions.py` counts it): a request
 adds its clock readings to a flat list of numbers (no tuple kept: a container object per
-request would bring the cyclic collector's young collections back, see serving/collector.py),
+request would bring the cyclic collector's young collections back, see serving/ops/collector.py),
 and the totals are folded from those lists in bulk with numpy every `FOLD_VALUES` numbers and
 whenever the statistics are read. Everything is added and folded on the event loop (the
 executor's threads hand their readings back), so nothing needs a lock. What can be derived is

@@ -2,7 +2,7 @@
 
 Requests are labelled by model, version, endpoint (the route template, never the raw path, so
 a scan of random URLs cannot blow up the label count) and status. With several worker processes
-each scrape adds the other processes' values (serving/shared_metrics.py).
+each scrape adds the other processes' values (serving/ops/shared_metrics.py).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.batching import BatchObserver
-from serving.cheap_metrics import Counter, Family, Gauge, Histogram, Values
-from serving.shared_metrics import SharedMetrics
+from serving.core.batching import BatchObserver
+from serving.ops.cheap_metrics import Counter, Family, Gauge, Histogram, Values
+from serving.ops.shared_metrics import SharedMetrics
 
 log = logging.getLogger("serving")
 

@@ -7,16 +7,15 @@ atomically; requests in flight finish on the old sessions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serving.dataplane import DataPlane
-from serving.errors import BadRequest
-from serving.protocol import ERRORS, dataplane
+from serving.core.errors import BadRequest
+from serving.http.routes import ERRORS, dataplane
+from serving.protocol.answers import index_rows, load_model
 from serving.protocol.codec import parse_json
-from serving.schemas import RepositoryActionResponse, RepositoryModel
+from serving.protocol.schemas import RepositoryActionResponse, RepositoryModel
 
 router = APIRouter(tags=["model repository extension"], responses=ERRORS)
 
@@ -30,24 +29,6 @@ async def index(request: Request) -> JSONResponse:
     return JSONResponse(index_rows(dataplane(request), only_ready))
 
 
-def index_rows(plane: DataPlane, only_ready: bool) -> list[dict[str, str]]:
-    """The repository index, as HTTP and gRPC answer it."""
-    rows = []
-    for entry in plane.repository.entries():
-        if not entry.versions:
-            rows.append({"name": entry.name, "state": "UNAVAILABLE", "reason": entry.reason})
-        for state in entry.versions.values():
-            rows.append(
-                {
-                    "name": entry.name,
-                    "version": str(state.version),
-                    "state": state.state,
-                    "reason": state.reason,
-                }
-            )
-    return [r for r in rows if r["state"] == "READY" or not only_ready]
-
-
 @router.post("/v2/repository/models/{name}/load", response_model=RepositoryActionResponse)
 async def load(request: Request, name: str) -> JSONResponse:
     body = await request.body()
@@ -59,20 +40,6 @@ async def load(request: Request, name: str) -> JSONResponse:
         )
     await load_model(dataplane(request), name, parameters or {})
     return JSONResponse({"name": name, "load": True})
-
-
-async def load_model(plane: DataPlane, name: str, parameters: Iterable[str]) -> None:
-    """(Re)load a model by name (HTTP and gRPC); `parameters` are the request's keys."""
-    if any(key == "config" or key.startswith("file:") for key in parameters):
-        raise BadRequest(
-            "loading with an override config or files is not supported; "
-            "put the bundle in the repository and load it by name"
-        )
-    entry = await asyncio.to_thread(plane.load, name)
-    if entry.default_version is None:
-        raise BadRequest(
-            f"model {name!r} failed to load: {plane.repository.describe_failure(entry)}"
-        )
 
 
 @router.post("/v2/repository/models/{name}/unload", response_model=RepositoryActionResponse)

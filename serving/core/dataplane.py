@@ -4,10 +4,10 @@ Where a batch runs depends on its measured cost (`Model.warm_up`): a batch estim
 `inline_max_us` runs on the event loop, because handing it to a thread costs more than the
 work (the thread must win the GIL back from a busy loop after a 5 µs run); anything larger goes
 to a small dedicated executor, bounded by the request timeout, so the loop never stalls. With
-adaptive batching on for a model (`serving/batching.py`), its requests go through its batcher,
+adaptive batching on for a model (`serving/core/batching.py`), its requests go through its batcher,
 which applies the same rule to each merged run. Both protocols (v2 and v1) share this path, so
 their answers cannot differ, and so are counted once in each model version's statistics
-(`serving/statistics.py`).
+(`serving/core/statistics.py`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import numpy as np
 
 import inference
 from inference.inputs import non_finite_row, total
-from serving.batching import Batcher
-from serving.collector import ServerCollector
-from serving.errors import InferenceTimeout, ModelNotReady, NonFiniteOutput, PayloadTooLarge
-from serving.metrics import Metrics
-from serving.repository import ModelEntry, ModelRepository
-from serving.settings import Settings
-from serving.statistics import FOLD_VALUES, ModelStats
+from serving.core.batching import Batcher, runs_inline
+from serving.core.errors import InferenceTimeout, ModelNotReady, NonFiniteOutput, PayloadTooLarge
+from serving.core.repository import ModelEntry, ModelRepository
+from serving.core.statistics import FOLD_VALUES, ModelStats
+from serving.ops.collector import ServerCollector
+from serving.ops.metrics import Metrics
+from serving.ops.settings import Settings
 
 Outputs = dict[str, np.ndarray]
 
@@ -141,11 +141,11 @@ class DataPlane:
                     f"{self.settings.max_batch_rows}; split the batch"
                 )
             self.metrics.observe_request_rows(model.name, model.version, rows)
-            batcher, latency = lane.batcher, model.latency
+            batcher = lane.batcher
             if batcher is not None:  # it keeps the request timeout and records its runs
                 result = await batcher.submit(checked, rows, outputs)
                 submitted = begun = done = 0.0
-            elif latency is not None and latency.estimate(rows) <= self._inline_s:
+            elif runs_inline(model, rows, self._inline_s):
                 result, begun, done = self._timed(model, checked, outputs)
                 submitted = begun
             else:
@@ -157,7 +157,7 @@ class DataPlane:
         except Exception:
             lane.stats.failed(time.perf_counter() - start)
             raise
-        stats = lane.stats  # numbers added to a list, folded in bulk (serving/statistics.py)
+        stats = lane.stats  # numbers added to a list, folded in bulk (serving/core/statistics.py)
         if begun:
             alone = stats.alone
             alone += (rows, start, submitted, begun, done)

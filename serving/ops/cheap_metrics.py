@@ -9,7 +9,7 @@ the executor's threads, so the lock stays). The exposition is prometheus_client'
 only the optional `_created` series are left out.
 
 Each family can also hand out its values and merge in those of other worker processes
-(serving/shared_metrics.py), so that a scrape of one of several workers sees them all.
+(serving/ops/shared_metrics.py), so that a scrape of one of several workers sees them all.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ Values = dict[Labels, Any]
 
 @dataclass(frozen=True)
 class PeerValues:
-    """What another worker process last wrote of its metrics (serving/shared_metrics.py)."""
+    """What another worker process last wrote of its metrics (serving/ops/shared_metrics.py)."""
 
     pid: int
     alive: bool

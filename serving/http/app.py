@@ -17,19 +17,21 @@ from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 
 import inference
-from serving import logs, schemas
-from serving.batching import BatchingConfig
-from serving.collector import ServerCollector
-from serving.dataplane import DataPlane
-from serving.errors import install_handlers
-from serving.hot_path import HotStack, ServingApp
-from serving.metrics import Metrics, MetricsMiddleware
-from serving.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from serving.protocol import extensions, health, repository_api, v1, v2
-from serving.repository import ModelRepository
-from serving.settings import Settings
-from serving.shared_metrics import SharedMetrics
-from serving.supervisor import stop_with_supervisor
+from serving.core.batching import BatchingConfig
+from serving.core.dataplane import DataPlane
+from serving.core.repository import ModelRepository
+from serving.http.errors import install_handlers
+from serving.http.fast_front import HotStack, ServingApp, hot_routes
+from serving.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from serving.http.routes import extensions, health, repository_api, v1, v2
+from serving.ops import logs
+from serving.ops.collector import ServerCollector
+from serving.ops.metrics import Metrics, MetricsMiddleware
+from serving.ops.settings import Settings
+from serving.ops.shared_metrics import SharedMetrics
+from serving.process.supervisor import stop_with_supervisor
+from serving.protocol import schemas
+from serving.protocol.answers import server_version
 
 if TYPE_CHECKING:
     from serving.grpc import GrpcServer
@@ -50,7 +52,7 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
 def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
     """The service; `tune_gc` where it owns its process (`python -m serving`, the uvicorn
     factory): the process's garbage collector is set for serving while the app runs
-    (`serving/collector.py`)."""
+    (`serving/ops/collector.py`)."""
     shared = SharedMetrics(settings.metrics_dir) if settings.metrics_dir is not None else None
     metrics = Metrics(shared)
     repository = ModelRepository(
@@ -95,13 +97,14 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
 
     app = ServingApp(
         title="ONNX bundle serving",
-        version=v2.server_version(),
+        version=server_version(),
         summary="Open Inference Protocol v2 and a friendly v1 API over ONNX model bundles.",
         lifespan=lifespan,
     )
     app.dataplane = plane  # an attribute, not `app.state`: `State` finds it only after a miss
     # extensions first: its /v2/models/stats must win over v2's /v2/models/{name}
-    for router in (health.router, extensions.router, v2.router, repository_api.router, v1.router):
+    routers = (health.router, extensions.router, v2.router, repository_api.router, v1.router)
+    for router in routers:
         app.include_router(router)
 
     @app.get(
@@ -117,13 +120,14 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
 
     install_handlers(app)
     # The same protection and metrics, in the same order, in front of FastAPI's routes and of
-    # the hot routes that bypass FastAPI (see serving/hot_path.py).
+    # the hot routes that bypass FastAPI (see serving/http/fast_front.py).
     key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     if key is not None:
         app.add_middleware(ApiKeyMiddleware, key=key)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.hot_stack = HotStack(metrics, settings.max_body_bytes, key)
+    app.hot_routes = hot_routes(routers)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 
@@ -154,7 +158,7 @@ def create_worker_app() -> ServingApp:
 
 def _app_owning_its_process(settings: Settings) -> ServingApp:
     """The service in a process of its own, started by a supervisor: the collector set for
-    serving, and the process stopping if its supervisor dies (`serving/supervisor.py`)."""
+    serving, and the process stopping if its supervisor dies (`serving/process/supervisor.py`)."""
     app = create_app(settings, tune_gc=True)
     stop_with_supervisor()
     return app

@@ -24,11 +24,11 @@ from fastapi.responses import JSONResponse
 
 import inference
 from inference import inputs
-from serving.errors import BadRequest
-from serving.metrics import note_model
-from serving.protocol import ERRORS, dataplane, document_body
+from serving.core.errors import BadRequest
+from serving.http.routes import ERRORS, dataplane, document_body
+from serving.ops.metrics import note_model
 from serving.protocol.codec import EncodedResponse, mentions_booleans, parse_json, split_body
-from serving.schemas import ModelStatus, PredictResponse
+from serving.protocol.schemas import ModelStatus, PredictResponse
 
 router = APIRouter(tags=["friendly v1"], responses=ERRORS)
 

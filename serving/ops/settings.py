@@ -23,7 +23,9 @@ MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SERVING_", extra="forbid", use_attribute_docstrings=True
+    )
 
     repo: Path = Path("models")
     """The model repository: one folder per model, numbered bundle versions inside."""
@@ -35,6 +37,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     """Address to bind; `0.0.0.0` in a container."""
     port: int = Field(default=8080, ge=1, le=65535)
+    """The HTTP port."""
     grpc_port: int | None = Field(default=None, ge=1, le=65535)
     """Also serve the Open Inference Protocol over gRPC on this port (same host, same models);
     off unless set."""
@@ -44,8 +47,10 @@ class Settings(BaseSettings):
     reuse_port: bool = True
     """With `workers` > 1 on Linux, each worker listens on a socket of its own (SO_REUSEPORT) and
     the kernel spreads new connections over them; off, the workers share one socket and the
-    first to wake takes every connection waiting (serving/listener.py has the measurements)."""
+    first to wake takes every connection waiting (serving/process/listener.py has the
+    measurements)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe log lines written."""
     log_json: bool = False
     """One JSON object per log line (for Kubernetes log collectors)."""
     access_log: bool = False
@@ -110,7 +115,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)
     """A request's headers must be complete this long after the connection opened, or after
     the first byte that follows the previous answer: past it, 408 (or a plain close when
-    nothing came) (serving/connections.py)."""
+    nothing came) (serving/http/connections.py)."""
     body_timeout_s: float = Field(default=60.0, gt=0)
     """A request's body must be complete this long after its headers: past it, 408."""
     keep_alive_timeout_s: float = Field(default=5.0, gt=0)

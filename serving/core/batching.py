@@ -46,8 +46,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import inference
-from serving.errors import InferenceTimeout
-from serving.statistics import FOLD_VALUES, ModelStats
+from serving.core.errors import InferenceTimeout
+from serving.core.statistics import FOLD_VALUES, ModelStats
 
 Outputs = dict[str, np.ndarray]
 Times = tuple[float, float, float, float]
@@ -68,6 +68,55 @@ few µs, where `max_delay_us` may be milliseconds), so that clients that start t
 noticed within a few requests even with `max_delay_us: 0`."""
 TIMER_RESOLUTION_S = 0.002
 """Waits shorter than this are polled rather than left to the loop's millisecond timers."""
+
+
+def runs_inline(model: inference.Model, rows: int, inline_max_s: float) -> bool:
+    """Whether a run of this many rows is measured cheap enough for the event loop (the one
+    place that decides, for the data plane's lone runs and the batcher's merged ones): handing
+    a cheaper run to a thread costs more than the run. A model not measured yet goes to the
+    executor."""
+    latency = model.latency
+    return latency is not None and latency.estimate(rows) <= inline_max_s
+
+
+NO_WAIT, TURN, FULL = 0, 1, 2
+"""What `MergePolicy.wait` allows: no wait, one turn of the event loop, or the whole delay."""
+
+
+class MergePolicy:
+    """Wait for others only while waiting pays: the one rule of the batcher (requests wait for
+    others to join their batch) and of the coalescer (`serving.http.coalescing`: responses
+    wait for the others of their turn). Used from the event loop only."""
+
+    __slots__ = ("_share", "_skipped")
+
+    def __init__(self) -> None:
+        self._share = 1.0
+        """Moving share of recent groups (batches, responses sent together) of two or more;
+        it starts as if all were, so a new server waits as configured until it learns."""
+        self._skipped = 0
+
+    @property
+    def paying(self) -> bool:
+        """Whether groups of late held two or more (waiting now pays)."""
+        return self._share >= MERGED_TO_WAIT
+
+    def wait(self) -> int:
+        """How long the next request or response may wait: FULL while waiting pays; while it
+        does not, NO_WAIT, but TURN every `TURN_PROBE_EVERY`-th and FULL every
+        `PROBE_EVERY`-th time, to notice when they start to come together."""
+        if self._share >= MERGED_TO_WAIT:
+            return FULL
+        self._skipped = skipped = self._skipped + 1
+        if skipped % TURN_PROBE_EVERY:
+            return NO_WAIT
+        return TURN if skipped % PROBE_EVERY else FULL
+
+    def observe(self, size: int) -> None:
+        """Count a group that went on together (a batch's requests, a turn's responses)."""
+        self._share += ((size > 1) - self._share) * MERGE_MEMORY
+
+
 Runner = Callable[[inference.Model, Feeds, list[str] | None], Outputs]
 """Runs one batch on a model (`DataPlane.run`; None: the model's default outputs): the batcher
 only decides what goes together."""
@@ -174,10 +223,7 @@ class Batcher:
         self._timeout_s = timeout_s
         self._delay_s = config.max_delay_us / 1e6
         self._varying = any(-1 in i.shape[1:] for i in model.metadata.inputs)
-        self._merged = 1.0
-        """Moving share of recent batches that merged two or more requests (starts as if all
-        had, so a new batcher waits as configured until it learns otherwise)."""
-        self._skipped = 0
+        self._policy = MergePolicy()
         self._in_flight: list[list[_Request]] = []
         self._watchdog: asyncio.TimerHandle | None = None
         """One timer for every request's deadline (not one per request: that costs more than
@@ -198,7 +244,7 @@ class Batcher:
         model = self.model
         wait, turn = self._waits()
         idle = not turn and not self._queue and self._running < self._max_running
-        if idle and self._inline(model, rows):
+        if idle and runs_inline(model, rows, self._inline_max_s):
             return self._run_at_once(model, feeds, rows, outputs)
         loop = asyncio.get_running_loop()
         names = list(outputs) if outputs is not None else model.metadata.default_outputs
@@ -223,17 +269,8 @@ class Batcher:
     def _waits(self) -> tuple[float, bool]:
         """How long a new request may wait for others to join it (up to `max_delay_us`), and
         whether it waits at least one turn of the loop for those of the same turn."""
-        if self._merged >= MERGED_TO_WAIT:
-            return self._delay_s, True
-        self._skipped += 1
-        if self._skipped % PROBE_EVERY == 0:
-            return self._delay_s, True
-        return 0.0, self._skipped % TURN_PROBE_EVERY == 0
-
-    def _inline(self, model: inference.Model, rows: int) -> bool:
-        """Whether a run of this many rows is measured cheap enough for the event loop."""
-        latency = model.latency
-        return latency is not None and latency.estimate(rows) <= self._inline_max_s
+        wait = self._policy.wait()
+        return (self._delay_s if wait == FULL else 0.0), wait != NO_WAIT
 
     def _run_at_once(
         self, model: inference.Model, feeds: Feeds, rows: int, outputs: list[str] | None
@@ -266,7 +303,7 @@ class Batcher:
     def _note_batch(self, rows: int, requests: int) -> None:
         """Report a run to the observer and count it in the share of batches that merged."""
         self._observer.batch(rows, requests)
-        self._merged += ((requests > 1) - self._merged) * MERGE_MEMORY
+        self._policy.observe(requests)
 
     def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
         pending = [r.enqueued for b in self._in_flight for r in b if not r.future.done()]
@@ -327,7 +364,7 @@ class Batcher:
         self._note_batch(rows, len(batch))
         self._running += 1
         self._in_flight.append(batch)
-        if self._inline(batch[0].model, rows):
+        if runs_inline(batch[0].model, rows, self._inline_max_s):
             self._finish(loop, batch, *self._run_batch(batch))
             return
         try:

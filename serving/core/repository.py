@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import inference
 from inference.yaml_files import YamlError, load_yaml
-from serving.batching import BATCHING_OFF, BatchingConfig, BatchingOverride
-from serving.errors import BadRequest, ModelNotFound, ModelNotReady
+from serving.core.batching import BATCHING_OFF, BatchingConfig, BatchingOverride
+from serving.core.errors import BadRequest, ModelNotFound, ModelNotReady
 
 log = logging.getLogger("serving")
 

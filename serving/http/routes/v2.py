@@ -6,28 +6,22 @@ after the JSON header, neither of which a declared pydantic body would accept.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 import inference
-from serving.metrics import note_model
-from serving.protocol import ERRORS, dataplane, document_body
+from serving.http.routes import ERRORS, dataplane, document_body
+from serving.ops.metrics import note_model
+from serving.protocol.answers import EXTENSIONS, PLATFORM, SERVER_NAME, server_version
 from serving.protocol.codec import EncodedResponse, decode_request, encode_response, split_body
-from serving.schemas import InferenceResponse, ModelMetadata, ModelReadyResponse, ServerMetadata
+from serving.protocol.schemas import (
+    InferenceResponse,
+    ModelMetadata,
+    ModelReadyResponse,
+    ServerMetadata,
+)
 
 router = APIRouter(tags=["Open Inference Protocol v2"], responses=ERRORS)
-SERVER_NAME = "onnx-bundle-serving"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
-PLATFORM = "onnx_onnxv1"
-
-
-def server_version() -> str:
-    try:
-        return version(SERVER_NAME)
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @router.get("/v2", response_model=ServerMetadata)

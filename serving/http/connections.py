@@ -6,7 +6,7 @@ chunks forever), stays open for as long as the client likes: 300 such sockets us
 256-descriptor limit and new clients were reset. A 32 MB header and 200,000 headers were
 answered 200. And uvicorn answers what it refuses itself in plain text.
 
-What this adds, per connection (the settings are `serving.settings.Settings`'):
+What this adds, per connection (the settings are `serving.ops.settings.Settings`'):
 - `header_timeout_s`: a request's headers must be complete this long after the connection
   opened, or after the first byte that follows the previous answer (the idle time between
   requests is uvicorn's `timeout_keep_alive`). Past it: 408 when part of a request came, a
@@ -49,7 +49,7 @@ from typing import Any, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serving.settings import Settings
+from serving.ops.settings import Settings
 
 log = logging.getLogger("serving")
 

@@ -1,7 +1,7 @@
 """Metrics of several worker processes, merged on every scrape.
 
 Why: with `--workers N` uvicorn runs N processes behind one socket, and a scrape reaches one of
-them. Each keeps its counters in memory (serving/cheap_metrics.py: an observation is a bisect
+them. Each keeps its counters in memory (serving/ops/cheap_metrics.py: an observation is a bisect
 and two additions), so a scrape would see one process's share, a different one each time.
 prometheus_client's multiprocess mode writes every observation to a memory-mapped file instead:
 2.6 µs a histogram observation, against 1.6 µs for all of a request's observations here (a
@@ -57,7 +57,7 @@ from typing import Any
 
 import orjson
 
-from serving.cheap_metrics import PeerValues, Values, add_counters, add_histograms, sum_parts
+from serving.ops.cheap_metrics import PeerValues, Values, add_counters, add_histograms, sum_parts
 
 log = logging.getLogger("serving")
 WORKER_FILE = re.compile(r"metrics-(\d+)-[0-9a-f]+\.(json|tmp)")

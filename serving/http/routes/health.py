@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serving.errors import ModelNotReady
-from serving.protocol import ERRORS, dataplane
-from serving.schemas import LiveResponse, ReadyResponse
+from serving.core.errors import ModelNotReady
+from serving.http.routes import ERRORS, dataplane
+from serving.protocol.schemas import LiveResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 

@@ -1,4 +1,5 @@
-"""One error hierarchy with HTTP statuses, and one handler turning any error into `{"error": ...}`.
+"""One handler turning any error (`serving.core.errors`, invalid input, a bug) into
+`{"error": ...}`.
 
 Client errors are logged at INFO with the message; our own bugs at ERROR with the traceback and
 a 500 whose body says nothing internal.
@@ -17,43 +18,9 @@ from starlette.exceptions import HTTPException
 
 from inference import InvalidInputError
 from inference.errors import describe_problems
+from serving.core.errors import ServingError
 
 log = logging.getLogger("serving")
-
-
-class ServingError(Exception):
-    status = 500
-
-
-class BadRequest(ServingError):
-    status = 400
-
-
-class ModelNotFound(ServingError):
-    status = 404
-
-
-class PayloadTooLarge(ServingError):
-    status = 413
-
-
-class UnsupportedMediaType(ServingError):
-    status = 415
-
-
-class ModelNotReady(ServingError):
-    status = 503
-
-
-class InferenceTimeout(ServingError):
-    status = 504
-
-
-class NonFiniteOutput(ServingError):
-    """A model answered NaN or infinity for inputs it accepted: JSON has no such numbers, and
-    a score that is not a number names no class; refused alike in JSON and binary answers."""
-
-    status = 500
 
 
 def error_response(

@@ -11,7 +11,8 @@ import hmac
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import PayloadTooLarge, error_response
+from serving.core.errors import PayloadTooLarge
+from serving.http.errors import error_response
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 """Probes must work without credentials."""

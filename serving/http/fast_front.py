@@ -12,31 +12,32 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, APIRouter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inference import InvalidInputError
-from serving.coalescing import Coalescer
-from serving.dataplane import DataPlane
-from serving.errors import (
-    PayloadTooLarge,
-    ServingError,
-    client_error_response,
-    error_response,
-    internal_error_response,
-)
-from serving.metrics import Metrics
-from serving.middleware import declared_too_large, key_allowed, too_large, unauthorized
-from serving.protocol import v1, v2
+from serving.core.dataplane import DataPlane
+from serving.core.errors import PayloadTooLarge, ServingError
+from serving.http.coalescing import Coalescer
+from serving.http.errors import client_error_response, error_response, internal_error_response
+from serving.http.middleware import declared_too_large, key_allowed, too_large, unauthorized
+from serving.http.routes import v1, v2
+from serving.ops.metrics import Metrics
 
 Handler = Callable[[Request, str, str | None], Awaitable[Response]]
+
+
+FAST_HANDLERS = (v2.infer, v1.predict)
+"""The handlers served by the fast front: wherever the routers declare them (POST), and only
+there, so that one route table (the routers') decides both stacks."""
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,22 @@ class HotRoute:
     path: str
     """The route template, as FastAPI declares it (used as the metrics' endpoint label)."""
     pattern: re.Pattern[str]
+    """FastAPI's own compiled path, named groups `name` and `version`."""
     handler: Handler
 
 
-ROUTES = [
-    HotRoute("/v2/models/{name}/infer", re.compile(r"^/v2/models/([^/]+)/infer$"), v2.infer),
-    HotRoute("/v2/models/{name}/versions/{version}/infer",
-             re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)/infer$"), v2.infer),
-    HotRoute("/v1/models/{name}:predict", re.compile(r"^/v1/models/([^/]+):predict$"), v1.predict),
-    HotRoute("/v1/models/{name}/versions/{version}:predict",
-             re.compile(r"^/v1/models/([^/]+)/versions/([^/]+):predict$"), v1.predict),
-]  # fmt: skip
+def hot_routes(routers: Iterable[APIRouter]) -> tuple[HotRoute, ...]:
+    """The routes whose handler the fast front serves, as the routers (included in the app
+    without a prefix) declare and compile them."""
+    return tuple(
+        HotRoute(r.path, r.path_regex, r.endpoint)
+        for router in routers
+        for r in router.routes
+        if isinstance(r, APIRoute) and r.endpoint in FAST_HANDLERS and r.methods == {"POST"}
+    )
 
 
-def match(scope: Scope) -> bool:
+def match(scope: Scope, routes: tuple[HotRoute, ...]) -> bool:
     """Whether the request is for a hot route; if so, record the route and its parameters in
     the scope (as FastAPI's router would), for the handler and the metrics' endpoint label."""
     if scope["type"] != "http" or scope["method"] != "POST":
@@ -65,12 +68,11 @@ def match(scope: Scope) -> bool:
     path = scope["path"]
     if not path.startswith(("/v1/models/", "/v2/models/")):
         return False
-    for route in ROUTES:
+    for route in routes:
         found = route.pattern.match(path)
         if found:
-            name, version = found.group(1), found.group(2) if found.lastindex == 2 else None
             scope["route"] = route
-            scope["path_params"] = {"name": name, **({"version": version} if version else {})}
+            scope["path_params"] = found.groupdict()
             return True
     return False
 
@@ -126,7 +128,7 @@ class HotStack:
     as the middlewares in front of FastAPI's routes (and their same messages), then the route's
     handler. One function instead of four nested ASGI layers with their wrapped `send` and
     `receive` saves a fifth of a small model's request. Responses ready in the same turn of
-    the loop leave together (`serving.coalescing`)."""
+    the loop leave together (`serving.http.coalescing`)."""
 
     def __init__(self, metrics: Metrics, limit: int, key: str | None):
         self.metrics = metrics
@@ -206,9 +208,11 @@ class ServingApp(FastAPI):
     """What every route serves from (set by `create_app`)."""
     hot_stack: ASGIApp
     """The hot routes' `HotStack` (set by `create_app`)."""
+    hot_routes: tuple[HotRoute, ...] = ()
+    """The routes `hot_stack` serves, from the app's routers (set by `create_app`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if match(scope):
+        if match(scope, self.hot_routes):
             scope["app"] = self
             await self.hot_stack(scope, receive, send)
             return

@@ -9,7 +9,7 @@ and the next turn reads them all at once (side_effects at 16 and 64 clients with
 1.4-1.6x the requests/s, p50 and p99 lower; see bench/RESULTS.md).
 
 Holding costs a turn of the loop, so a response is held only while holding pays, with the same
-rule as the adaptive batcher's wait (`serving.batching`): while fewer than one group in ten of
+rule as the adaptive batcher's wait (`serving.core.batching`): while fewer than one group in ten of
 late held two or more responses (one client, or clients that never overlap), a response leaves
 at once, and every 16th is still held so that clients that start to overlap are noticed. A new
 server holds its first ~10 responses, until it has learnt that.
@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import asyncio
 
-from serving.batching import MERGE_MEMORY, MERGED_TO_WAIT, TURN_PROBE_EVERY
+from serving.core.batching import NO_WAIT, MergePolicy
 
 
 class Coalescer:
     """Groups the responses of one turn of the event loop. Used from the event loop only."""
 
     def __init__(self) -> None:
-        self._together = 1.0
-        """Moving share of recent groups that held two or more responses (starts as if all
-        had, like the batcher's, so a busy server holds from its first requests)."""
-        self._skipped = 0
+        self._policy = MergePolicy()
+        """The batcher's rule: hold while groups of late held two or more responses (a new
+        server holds from its first requests)."""
         self._group = 0
         """Responses held since the last group went on (0: none). Close to a turn's group but
         not exact (the first of a group to go on closes it, whatever else the next turn runs
@@ -44,19 +43,17 @@ class Coalescer:
     @property
     def holding(self) -> bool:
         """Whether responses are held now (a group of late held more than one)."""
-        return self._together >= MERGED_TO_WAIT
+        return self._policy.paying
 
     async def hold(self) -> None:
         """Return in the next turn of the loop, with the other responses of this one, while
         that pays; at once, without a turn, otherwise."""
-        if not self._group and not self.holding:
-            self._skipped += 1
-            if self._skipped % TURN_PROBE_EVERY:
-                return
+        if not self._group and self._policy.wait() == NO_WAIT:
+            return
         self._group += 1
         try:
             await asyncio.sleep(0)
         finally:
             if self._group:  # the first of the group to go on: the group is complete
-                self._together += ((self._group > 1) - self._together) * MERGE_MEMORY
+                self._policy.observe(self._group)
                 self._group = 0

@@ -1,5 +1,7 @@
-"""Triton's model configuration and statistics extensions, over HTTP (routes here) and gRPC
-(`serving/grpc/service.py` parses the same JSON into Triton's messages).
+"""What the protocol's calls other than inference answer, the same over HTTP (`serving.http`)
+and gRPC (`serving.grpc`, which parses this JSON into Triton's messages): the server's
+identity, the model repository extension (index, load), and Triton's model configuration and
+statistics extensions.
 
 The configuration is what Triton's auto-complete would write for the graph, in
 `model_config.proto`'s JSON: platform `onnxruntime_onnx`; `max_batch_size` the most rows a
@@ -12,21 +14,31 @@ outputs that it may still name in `parameters.hidden_outputs`, as model metadata
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
-
 import inference
-from serving.dataplane import DataPlane
-from serving.errors import ModelNotReady
-from serving.protocol import ERRORS, dataplane
-from serving.repository import VersionPolicy
+from serving.core.dataplane import DataPlane
+from serving.core.errors import BadRequest, ModelNotReady
+from serving.core.repository import VersionPolicy
 
-router = APIRouter(tags=["model configuration and statistics extensions"], responses=ERRORS)
-PLATFORM = "onnxruntime_onnx"
+SERVER_NAME = "onnx-bundle-serving"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+PLATFORM = "onnx_onnxv1"
+
+
+def server_version() -> str:
+    try:
+        return version(SERVER_NAME)
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+CONFIG_PLATFORM = "onnxruntime_onnx"
+"""The platform in model configuration (Triton's name for its onnxruntime backend)."""
 BACKEND = "onnxruntime"
 TYPES = {
     "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
@@ -38,55 +50,36 @@ TYPES = {
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
 
 
-class ModelConfigResponse(BaseModel):
-    """Triton's `ModelConfig` in JSON (the fields this server fills; see model_config.proto)."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-    platform: str
-    backend: str
-    max_batch_size: int
-    input: list[dict[str, Any]]
-    output: list[dict[str, Any]]
-    version_policy: dict[str, Any]
-
-
-class Duration(BaseModel):
-    count: int
-    ns: int
-
-
-class InferStats(BaseModel):
-    success: Duration
-    fail: Duration
-    queue: Duration
-    compute_input: Duration
-    compute_infer: Duration
-    compute_output: Duration
-    cache_hit: Duration
-    cache_miss: Duration
+def index_rows(plane: DataPlane, only_ready: bool) -> list[dict[str, str]]:
+    """The repository index, as HTTP and gRPC answer it."""
+    rows = []
+    for entry in plane.repository.entries():
+        if not entry.versions:
+            rows.append({"name": entry.name, "state": "UNAVAILABLE", "reason": entry.reason})
+        for state in entry.versions.values():
+            rows.append(
+                {
+                    "name": entry.name,
+                    "version": str(state.version),
+                    "state": state.state,
+                    "reason": state.reason,
+                }
+            )
+    return [r for r in rows if r["state"] == "READY" or not only_ready]
 
 
-class BatchStat(BaseModel):
-    batch_size: int
-    compute_input: Duration
-    compute_infer: Duration
-    compute_output: Duration
-
-
-class ModelStat(BaseModel):
-    name: str
-    version: str
-    last_inference: int
-    """Milliseconds since the epoch; 0 before the first request."""
-    inference_count: int
-    execution_count: int
-    inference_stats: InferStats
-    batch_stats: list[BatchStat]
-
-
-class StatisticsResponse(BaseModel):
-    model_stats: list[ModelStat]
+async def load_model(plane: DataPlane, name: str, parameters: Iterable[str]) -> None:
+    """(Re)load a model by name (HTTP and gRPC); `parameters` are the request's keys."""
+    if any(key == "config" or key.startswith("file:") for key in parameters):
+        raise BadRequest(
+            "loading with an override config or files is not supported; "
+            "put the bundle in the repository and load it by name"
+        )
+    entry = await asyncio.to_thread(plane.load, name)
+    if entry.default_version is None:
+        raise BadRequest(
+            f"model {name!r} failed to load: {plane.repository.describe_failure(entry)}"
+        )
 
 
 def model_config(plane: DataPlane, name: str, version: str | None = None) -> dict[str, Any]:
@@ -97,7 +90,7 @@ def model_config(plane: DataPlane, name: str, version: str | None = None) -> dic
     axis = 1 if batchable else 0
     config: dict[str, Any] = {
         "name": name,
-        "platform": PLATFORM,
+        "platform": CONFIG_PLATFORM,
         "backend": BACKEND,
         "version_policy": _policy(plane.repository.entry(name).policy),
         "max_batch_size": plane.settings.max_batch_rows if batchable else 0,
@@ -182,25 +175,3 @@ def statistics(plane: DataPlane, name: str = "", version: str = "") -> dict[str,
         lane = plane.lane(model)
         stats.append(lane.stats.report(model_name, number, model.metadata.batchable))
     return {"model_stats": stats}
-
-
-@router.get("/v2/models/stats", response_model=StatisticsResponse)
-async def all_statistics(request: Request) -> JSONResponse:
-    return JSONResponse(statistics(dataplane(request)))
-
-
-async def model_statistics(request: Request, name: str, version: str | None = None) -> JSONResponse:
-    return JSONResponse(statistics(dataplane(request), name, version or ""))
-
-
-async def config(request: Request, name: str, version: str | None = None) -> JSONResponse:
-    return JSONResponse(model_config(dataplane(request), name, version))
-
-
-for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-    router.add_api_route(
-        f"{prefix}/config", config, methods=["GET"], response_model=ModelConfigResponse
-    )
-    router.add_api_route(
-        f"{prefix}/stats", model_statistics, methods=["GET"], response_model=StatisticsResponse
-    )

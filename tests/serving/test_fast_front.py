@@ -1,4 +1,5 @@
-"""The hot routes served in front of FastAPI are exactly FastAPI's own routes, handlers included."""
+"""The hot routes served in front of FastAPI are exactly FastAPI's own routes, handlers included:
+the fast front reads them from the routers, so there is one route table."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.datastructures import Headers
 
-from serving.hot_path import ROUTES, HotHeaders
-from serving.protocol import v1, v2
+from serving.http.fast_front import HotHeaders, hot_routes
+from serving.http.routes import v1, v2
 
 
 def test_every_hot_route_is_a_documented_route_with_the_same_handler(client: TestClient):
@@ -21,7 +22,15 @@ def test_every_hot_route_is_a_documented_route_with_the_same_handler(client: Tes
         if isinstance(r, APIRoute)
     }
     documented = client.get("/openapi.json").json()["paths"]
-    for route in ROUTES:
+    routes = hot_routes([v1.router, v2.router])
+    assert {r.path for r in routes} == {
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/v1/models/{name}:predict",
+        "/v1/models/{name}/versions/{version}:predict",
+    }
+    assert set(client.app.hot_routes) == set(routes)  # type: ignore[attr-defined]
+    for route in routes:
         assert declared[(route.path, frozenset({"POST"}))] is route.handler
         assert "post" in documented[route.path]
         sample = route.path.replace("{name}", "iris").replace("{version}", "1")

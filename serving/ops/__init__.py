@@ -1,0 +1,2 @@
+"""Running the service: settings, logging, Prometheus metrics, and the garbage collector set
+for serving."""
