@@ -52,6 +52,10 @@ bench-instructions: $(VENV)/.installed-test
 bench-grpc: $(VENV)/.installed-test
 	$(BIN)/python bench/grpc_bench.py
 
+# Our gRPC against KServe 0.21's gRPC server (its own venv, bench/.venvs/kserve, made on first run).
+bench-grpc-kserve: $(VENV)/.installed-test
+	$(BIN)/python bench/kserve_grpc_bench.py --write
+
 bench-batch: $(VENV)/.installed-test
 	$(BIN)/python bench/batch_bench.py
 
