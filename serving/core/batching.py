@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 import inference
-from serving.core.errors import InferenceTimeout
+from serving.core.deadlines import Deadlines
 from serving.core.statistics import FOLD_VALUES, ModelStats
 
 Outputs = dict[str, np.ndarray]
@@ -198,7 +198,7 @@ class Batcher:
         executor: Executor,
         *,
         inline_max_us: float,
-        timeout_s: float = 30.0,
+        deadlines: Deadlines | None = None,
         max_running: int = 1,
         observer: BatchObserver | None = None,
         stats: ModelStats | None = None,
@@ -220,15 +220,11 @@ class Batcher:
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
-        self._timeout_s = timeout_s
+        self._deadlines = deadlines if deadlines is not None else Deadlines(30.0)
+        """Where each queued request's timeout is kept (the data plane's, shared)."""
         self._delay_s = config.max_delay_us / 1e6
         self._varying = any(-1 in i.shape[1:] for i in model.metadata.inputs)
         self._policy = MergePolicy()
-        self._in_flight: list[list[_Request]] = []
-        self._watchdog: asyncio.TimerHandle | None = None
-        """One timer for every request's deadline (not one per request: that costs more than
-        a small model's run). It fires at the oldest pending request's deadline, fails the
-        requests whose time is up, and re-arms for the next oldest."""
 
     @property
     def model(self) -> inference.Model:
@@ -254,8 +250,7 @@ class Batcher:
         self._queue.append(request)
         self._queued_rows += request.rows
         self._schedule(loop, turned=not turn)
-        if self._watchdog is None:
-            self._arm_watchdog(loop)
+        self._deadlines.watch(request.future)
         try:
             return await request.future  # cancelled (e.g. a disconnect): the batch skips it
         finally:
@@ -305,25 +300,6 @@ class Batcher:
         self._observer.batch(rows, requests)
         self._policy.observe(requests)
 
-    def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
-        pending = [r.enqueued for b in self._in_flight for r in b if not r.future.done()]
-        pending += [r.enqueued for r in self._queue if not r.future.done()]
-        if pending:
-            wait = min(pending) + self._timeout_s - time.perf_counter()
-            self._watchdog = loop.call_later(max(0.0, wait), self._expire, loop)
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watchdog = None
-        deadline = time.perf_counter() - self._timeout_s
-        late = [r for b in self._in_flight for r in b if r.enqueued <= deadline]
-        late += [r for r in self._queue if r.enqueued <= deadline]
-        for request in late:
-            if not request.future.done():
-                request.future.set_exception(
-                    InferenceTimeout(f"inference took longer than {self._timeout_s}s")
-                )
-        self._arm_watchdog(loop)
-
     def _schedule(self, loop: asyncio.AbstractEventLoop, *, turned: bool = False) -> None:
         """Start a batch now, or once the oldest request's wait is over; nothing while the
         model is busy (the running batch calls back when done). A batch that is due still
@@ -363,7 +339,6 @@ class Batcher:
         rows = sum(r.rows for r in batch)
         self._note_batch(rows, len(batch))
         self._running += 1
-        self._in_flight.append(batch)
         if runs_inline(batch[0].model, rows, self._inline_max_s):
             self._finish(loop, batch, *self._run_batch(batch))
             return
@@ -449,7 +424,6 @@ class Batcher:
             else:
                 request.future.set_result(result)
         self._running -= 1
-        self._in_flight.remove(batch)
         self._schedule(loop)
 
 

@@ -19,13 +19,15 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from math import isfinite
+from typing import Any
 
 import numpy as np
 
 import inference
 from inference.inputs import non_finite_row, total
 from serving.core.batching import Batcher, runs_inline
-from serving.core.errors import InferenceTimeout, ModelNotReady, NonFiniteOutput, PayloadTooLarge
+from serving.core.deadlines import Deadlines
+from serving.core.errors import ModelNotReady, NonFiniteOutput, PayloadTooLarge
 from serving.core.repository import ModelEntry, ModelRepository
 from serving.core.statistics import FOLD_VALUES, ModelStats
 from serving.ops.collector import ServerCollector
@@ -44,6 +46,22 @@ def _check_finite(model: inference.Model, name: str, array: np.ndarray) -> None:
             f"in row {row}, for inputs it accepted; the model is broken or the input is outside "
             "what it was trained on"
         )
+
+
+def _pass_on(done: asyncio.Future[Any], answer: asyncio.Future[Any]) -> None:
+    """Copy the executor's outcome to the answer awaited, unless that already timed out (or
+    its request left)."""
+    if done.cancelled():
+        if not answer.done():
+            answer.cancel()
+        return
+    error = done.exception()  # read even when dropped: asyncio warns of errors never read
+    if answer.done():
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(done.result())
 
 
 @dataclass(slots=True)
@@ -71,6 +89,8 @@ class DataPlane:
         self.collector = collector
         """Set where the service owns its process: settled after each change of the models."""
         self.executor = self._new_executor()
+        self.deadlines = Deadlines(settings.request_timeout_s)
+        """Every answer that waits on the executor or a batch, failed at the request timeout."""
         self._inline_s = settings.inline_max_us / 1e6
         self._lanes: weakref.WeakKeyDictionary[inference.Model, Lane] = weakref.WeakKeyDictionary()
         """One per loaded model version; a reloaded version gets a new one (its statistics
@@ -173,16 +193,13 @@ class DataPlane:
     async def _in_executor(
         self, model: inference.Model, checked: Mapping[str, np.ndarray], outputs: list[str] | None
     ) -> tuple[Outputs, float, float]:
-        try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(
-                    self.executor, self._timed, model, checked, outputs
-                )
-        except TimeoutError:
-            raise InferenceTimeout(
-                f"inference took longer than {self.settings.request_timeout_s}s"
-            ) from None
+        """The run in the executor, its answer bounded by the request timeout (`deadlines`)."""
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self.executor, self._timed, model, checked, outputs)
+        answer: asyncio.Future[tuple[Outputs, float, float]] = loop.create_future()
+        running.add_done_callback(lambda done: _pass_on(done, answer))
+        self.deadlines.watch(answer)
+        return await answer
 
     def run(
         self, model: inference.Model, feeds: Mapping[str, np.ndarray], outputs: list[str] | None
@@ -226,7 +243,7 @@ class DataPlane:
             self.run,
             self.executor,
             inline_max_us=self.settings.inline_max_us,
-            timeout_s=self.settings.request_timeout_s,
+            deadlines=self.deadlines,
             max_running=self.settings.inference_workers,
             observer=self.metrics.batch_observer(model.name, model.version),
             stats=stats,

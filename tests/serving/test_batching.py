@@ -33,6 +33,7 @@ from serving.core.batching import (
     BatchingOverride,
     BatchObserver,
 )
+from serving.core.deadlines import Deadlines
 from serving.core.errors import InferenceTimeout
 from tests import byom
 from tests.conftest import MODELS
@@ -287,7 +288,7 @@ def make_batcher(
         run,
         ThreadPoolExecutor(1),
         inline_max_us=inline_max_us,
-        timeout_s=timeout_s,
+        deadlines=Deadlines(timeout_s),
         observer=BatchObserver(batch=lambda rows, n: batches.append((rows, n))),
     )
     return batcher, batches
