@@ -2,11 +2,12 @@
 
 Sources: `builtin:drug_trial` and `builtin:iris` (made or shipped here, no download),
 `csv:<path>` and `parquet:<path>` relative to the spec file, and `spark:<table>`, a table or view
-of the Spark session's catalog. When training runs on Spark, `parquet:` is read through Spark too
-(so it may name `hdfs://` or `s3a://` folders). What Spark reads is collected to the driver: the
-models trained here are small and their data must fit in its memory. Every problem with the data (a
-missing column, a non-numeric feature, an unknown class) is a `SpecError` naming the file, the
-spec key and what was expected.
+of the Spark session's catalog. When `load` is given a Spark session, `parquet:` is read through
+Spark too (so it may name `hdfs://` or `s3a://` folders), and what Spark reads is collected to the
+driver, whose memory it must fit. (Distributed training reads Parquet in its ranks instead, a share
+each: `training.row_groups`; it uses the functions here that check and encode columns.) Every
+problem with the data (a missing column, a non-numeric feature, an unknown class) is a
+`SpecError` naming the file, the spec key and what was expected.
 
 Rows are shuffled with `data.seed` before the validation split is taken from the end. Keras
 takes the last rows *without* shuffling, which on data stored in order (like the drug trial)
@@ -107,7 +108,7 @@ def read_source(
         return BUILTIN[rest](seed), source
     if kind == "spark" or (kind == "parquet" and spark is not None):
         return _read_with_spark(kind, rest, base_dir, spec_file, spark), rest
-    path = _local_file(rest, base_dir, spec_file)
+    path = local_file(rest, base_dir, spec_file)
     try:
         import pyarrow.csv
         import pyarrow.parquet
@@ -116,12 +117,12 @@ def read_source(
     except Exception as e:  # pyarrow raises several untyped errors for unreadable files
         raise SpecError(f"{spec_file}: data.source: cannot read {rest} as {kind}: {e}") from e
     try:
-        return _columns(table), rest
+        return arrow_columns(table), rest
     except ValueError as e:
         raise SpecError(f"{spec_file}: data.source: {rest}: {e}") from None
 
 
-def _local_file(rest: str, base_dir: Path, spec_file: Path) -> Path:
+def local_file(rest: str, base_dir: Path, spec_file: Path) -> Path:
     path = (base_dir / rest).resolve()
     if not path.exists():
         raise SpecError(f"{spec_file}: data.source: {rest} not found (looked in {base_dir})")
@@ -139,7 +140,7 @@ def check(spec: Spec, spec_file: Path) -> None:
         return
     if kind == "spark" or "://" in rest:
         return  # a catalog table or a remote path: Spark's to find
-    path = _local_file(rest, spec_file.parent, spec_file)
+    path = local_file(rest, spec_file.parent, spec_file)
     if path.is_dir():
         return  # a partitioned Parquet folder: Spark's (or pyarrow's) to read
     try:
@@ -181,7 +182,7 @@ def _read_with_spark(
             frame = session.table(rest)
         else:
             frame = session.read.parquet(str(local.resolve()) if local is not None else rest)
-        return _columns(frame.toArrow())
+        return arrow_columns(frame.toArrow())
     except (PySparkException, Py4JJavaError) as e:  # a missing table, an unreadable file
         missing_table = kind == "spark" and isinstance(e, AnalysisException)
         what = f"no table or view {rest!r} in the Spark catalog" if missing_table else ""
@@ -189,7 +190,7 @@ def _read_with_spark(
         raise SpecError(f"{spec_file}: data.source: {reason} ({error_line(e)})") from e
 
 
-def _columns(table: Any) -> Columns:
+def arrow_columns(table: Any) -> Columns:
     """A pyarrow table's columns as numpy arrays; a list column (an image or a sequence per
     row, nested or flat) as a 2-D array of each row's values in order."""
     columns = {}
@@ -236,38 +237,72 @@ def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Data
     columns, where = read_source(
         spec.data.source, spec.data.seed, spec_file.parent, spec_file, spark
     )
+    features = features_of(spec, spec_file, columns, where)
+    labels, classes = encode_labels(
+        spec, spec_file, raw_labels(spec, spec_file, columns, where), spec.data.classes, where
+    )
+    if classes is not None:
+        check_classes_present(spec_file, np.unique(labels), len(labels), classes, where)
+    return Dataset(features, labels, list(spec.data.features), classes)
 
-    def column(name: str, key: str) -> np.ndarray:
-        if name not in columns:
-            raise SpecError(
-                f"{spec_file}: {key}: column {name!r} is not in {where}; "
-                f"columns: {', '.join(columns)}"
-            )
-        return columns[name]
 
+def _column(columns: Columns, name: str, key: str, where: str, spec_file: Path) -> np.ndarray:
+    if name not in columns:
+        raise SpecError(
+            f"{spec_file}: {key}: column {name!r} is not in {where}; columns: {', '.join(columns)}"
+        )
+    return columns[name]
+
+
+def label_names(spec: Spec) -> list[str]:
+    return [spec.data.label] if isinstance(spec.data.label, str) else spec.data.label
+
+
+def features_of(spec: Spec, spec_file: Path, columns: Columns, where: str) -> np.ndarray:
+    """The feature columns side by side as float32 (rows, values), checked against the spec."""
     features = np.column_stack(
-        [_numeric(column(n, "data.features"), n, where, spec_file) for n in spec.data.features]
+        [
+            _numeric(_column(columns, n, "data.features", where, spec_file), n, where, spec_file)
+            for n in spec.data.features
+        ]
     ).astype(np.float32)
     _check_width(spec, spec_file, features.shape[1])
     _check_ids(spec, spec_file, features)
-    label_names = [spec.data.label] if isinstance(spec.data.label, str) else spec.data.label
-    raw_labels = [column(n, "data.label") for n in label_names]
+    return features
+
+
+def raw_labels(spec: Spec, spec_file: Path, columns: Columns, where: str) -> list[np.ndarray]:
+    """The label columns as read; a classifier takes exactly one."""
+    raw = [_column(columns, n, "data.label", where, spec_file) for n in label_names(spec)]
+    if spec.is_classifier and len(raw) != 1:
+        raise SpecError(f"{spec_file}: data.label: a classifier takes one label column")
+    return raw
+
+
+def encode_labels(
+    spec: Spec, spec_file: Path, raw: list[np.ndarray], classes: list[str] | None, where: str
+) -> tuple[np.ndarray, list[str] | None]:
+    """Labels for the loss: class indices (classes named by `classes`, or found in `raw`) for a
+    classifier; float32 (rows, outputs) otherwise, with no classes."""
     if spec.is_classifier:
-        if len(raw_labels) != 1:
-            raise SpecError(f"{spec_file}: data.label: a classifier takes one label column")
-        labels, classes = _encode_classes(raw_labels[0], spec.data.classes, where, spec_file)
-        present = np.unique(labels)
-        if len(present) == 1:  # it would learn to answer that class, whatever the input
-            raise SpecError(
-                f"{spec_file}: data.label: all {len(labels)} rows of {where} are of class "
-                f"{classes[present[0]]!r}; a classifier needs rows of at least two classes"
-            )
-    else:
-        labels = np.column_stack(
-            [_numeric(c, n, where, spec_file) for c, n in zip(raw_labels, label_names, strict=True)]
-        ).astype(np.float32)
-        classes = None
-    return Dataset(features, labels, list(spec.data.features), classes)
+        return _encode_classes(raw[0], classes, where, spec_file)
+    names = label_names(spec)
+    labels = np.column_stack(
+        [_numeric(c, n, where, spec_file) for c, n in zip(raw, names, strict=True)]
+    ).astype(np.float32)
+    return labels, None
+
+
+def check_classes_present(
+    spec_file: Path, present: np.ndarray, rows: int, classes: list[str], where: str
+) -> None:
+    """A classifier needs rows of two classes at least: with one, it would learn to answer that
+    class, whatever the input."""
+    if len(present) == 1:
+        raise SpecError(
+            f"{spec_file}: data.label: all {rows} rows of {where} are of class "
+            f"{classes[present[0]]!r}; a classifier needs rows of at least two classes"
+        )
 
 
 def _check_width(spec: Spec, spec_file: Path, width: int) -> None:
@@ -328,18 +363,28 @@ def _numeric(values: np.ndarray, name: str, where: str, spec_file: Path) -> np.n
     return result
 
 
+def class_names(values: np.ndarray, where: str, spec_file: Path) -> list[str]:
+    """The classes that labels imply when `data.classes` names none: 0 to the largest for
+    integer labels, the names found, sorted, for names."""
+    if values.dtype.kind in "iuf":
+        return [str(i) for i in range(int(_class_indices(values, where, spec_file).max()) + 1)]
+    return sorted(set(values.astype(str).tolist()))
+
+
+def _class_indices(values: np.ndarray, where: str, spec_file: Path) -> np.ndarray:
+    numeric = _numeric(values, "label", where, spec_file)
+    if not np.all(numeric == np.round(numeric)) or numeric.min() < 0:
+        raise SpecError(f"{spec_file}: data.label: class labels must be names or integers from 0")
+    return numeric.astype(np.int64)
+
+
 def _encode_classes(
     values: np.ndarray, classes: list[str] | None, where: str, spec_file: Path
 ) -> tuple[np.ndarray, list[str]]:
     """Class indices from labels given as names (mapped by `classes`) or as integers."""
+    names = classes or class_names(values, where, spec_file)
     if values.dtype.kind in "iuf":
-        numeric = _numeric(values, "label", where, spec_file)
-        if not np.all(numeric == np.round(numeric)) or numeric.min() < 0:
-            raise SpecError(
-                f"{spec_file}: data.label: class labels must be names or integers from 0"
-            )
-        indices = numeric.astype(np.int64)
-        names = classes or [str(i) for i in range(int(indices.max()) + 1)]
+        indices = _class_indices(values, where, spec_file)
         if indices.max() >= len(names):
             raise SpecError(
                 f"{spec_file}: data.label: label {indices.max()} but data.classes names only "
@@ -347,7 +392,6 @@ def _encode_classes(
             )
         return indices, names
     text = values.astype(str)
-    names = classes or sorted(set(text.tolist()))
     lookup = {name: i for i, name in enumerate(names)}
     unknown = sorted(set(text.tolist()) - set(lookup))
     if unknown:

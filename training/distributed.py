@@ -4,7 +4,10 @@
     spark-submit --master yarn training/__main__.py models/side_effects --spark --num-processes 4
 
 The driver prepares the run as single-process training does (spec, data, seeded split; a
-`spark:` or `parquet:` source is read through Spark and collected). pyspark's
+`spark:` source, or Parquet at a URI pyarrow does not read, such as `s3a://`, is read through
+Spark and collected), except for Parquet that pyarrow reads (a local path, `s3://`, `gs://`):
+of that it reads only the footers, and each rank reads its own share of the row groups
+(`training.row_groups`). pyspark's
 `TorchDistributor` then starts one barrier Spark task per process (`local_mode=False`, so the
 processes are Spark tasks on `local[*]` and on a cluster alike); each task runs torchrun, which
 calls `_rank` with the prepared run. Every rank builds the same seeded network, wraps it in
@@ -30,17 +33,28 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from training import row_groups
 from training.errors import DistributedError
-from training.fit import History, Shard
+from training.fit import Shard
+from training.row_groups import ParquetRun
 from training.spark import TaggedJobs, master_of, spark_session, task_slots, worker_error
-from training.spec import SpecError
-from training.trainer import Fitted, Run, TrainResult, export, fit, prepare, rebuild, weights
+from training.spec import SpecError, load_spec
+from training.trainer import (
+    Fitted,
+    Run,
+    TrainResult,
+    export,
+    fit,
+    fit_config,
+    prepare_spec,
+    rebuild,
+    weights,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -57,6 +71,8 @@ class RankFailed:
 
     rank: int
     error: str
+    data: bool = False
+    """A data error (a `SpecError`), which every rank found alike."""
 
 
 def train_distributed(
@@ -71,8 +87,14 @@ def train_distributed(
     """Train the model of `spec_path` with `num_processes` DDP workers as Spark tasks."""
     started = time.perf_counter()
     spark = spark or spark_session(master)
-    run = prepare(spec_path, epochs=epochs, verbose=verbose, spark=spark)
-    fitted = fit_distributed(run, spark, num_processes)
+    spec, spec_file = load_spec(spec_path)
+    plan = row_groups.plan(spec, spec_file)  # the footers only
+    if plan is None:
+        run = prepare_spec(spec, spec_file, epochs=epochs, verbose=verbose, spark=spark)
+        fitted = fit_distributed(run, spark, num_processes)
+    else:
+        config = fit_config(spec, epochs=epochs, verbose=verbose)
+        run, fitted = fit_shares(ParquetRun(spec, spec_file, config, plan), spark, num_processes)
     return export(
         run,
         fitted,
@@ -86,6 +108,8 @@ def train_distributed(
                 "per_process_batch_size": Shard(0, num_processes).batch_size(
                     run.fit_config.batch_size
                 ),
+                "data": "driver" if plan is None else "ranks",
+                **({} if plan is None else {"row_groups": len(plan.groups)}),
             }
         },
     )
@@ -93,10 +117,24 @@ def train_distributed(
 
 def fit_distributed(run: Run, spark: SparkSession, num_processes: int) -> Fitted:
     """Fit `run` with `num_processes` DDP ranks as Spark barrier tasks; rank 0's model back."""
-    check_processes(num_processes, spark, run)
+    check_processes(num_processes, spark, len(run.train_set), run.spec_file, "training rows")
+    state, history = _run_ranks(spark, run, num_processes)
+    return rebuild(run, state, history)
+
+
+def fit_shares(work: ParquetRun, spark: SparkSession, num_processes: int) -> tuple[Run, Fitted]:
+    """Fit with ranks that read their own shares of the Parquet data; rank 0's model back, with
+    the `Run` that describes the whole data set (no rows) for the export."""
+    check_processes(num_processes, spark, work.plan.rows, work.spec_file, "rows")
+    state, history, run = _run_ranks(spark, work, num_processes)
+    return run, rebuild(run, state, history)
+
+
+def _run_ranks(spark: SparkSession, work: Run | ParquetRun, num_processes: int) -> Any:
+    """The ranks' barrier job; rank 0's answer, or its error raised."""
     spark_jobs = TaggedJobs(spark)
     with ThreadPoolExecutor(max_workers=1) as launcher:  # see TaggedJobs: a clean Ctrl-C
-        future = launcher.submit(spark_jobs.tagged(_launch), spark, run, num_processes)
+        future = launcher.submit(spark_jobs.tagged(_launch), spark, work, num_processes)
         try:
             output = future.result()
         except Exception as e:  # Py4J and pyspark wrap the workers' errors in several types
@@ -107,22 +145,25 @@ def fit_distributed(run: Run, spark: SparkSession, num_processes: int) -> Fitted
     if output is None:
         raise DistributedError("the workers returned nothing (rank 0 did not finish)")
     if isinstance(output, RankFailed):
+        if output.data:
+            raise SpecError(output.error)
         raise DistributedError(f"rank {output.rank}: {output.error}")
-    state, history = output
-    return rebuild(run, state, history)
+    return output
 
 
-def _launch(spark: SparkSession, run: Run, num_processes: int) -> Any:
+def _launch(spark: SparkSession, work: Run | ParquetRun, num_processes: int) -> Any:
     """TorchDistributor's barrier job: one torchrun per Spark task, each calling `_rank`."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     distributor = TorchDistributor(
         num_processes=num_processes, local_mode=False, use_gpu=_spark_gives_gpus(spark)
     )
-    return distributor.run(_rank, run)
+    return distributor.run(_rank, work)
 
 
-def check_processes(num_processes: int, spark: SparkSession, run: Run) -> None:
+def check_processes(
+    num_processes: int, spark: SparkSession, rows: int, spec_file: Path, what: str
+) -> None:
     """A barrier stage needs all its tasks at once: refuse more processes than task slots."""
     if num_processes < 1:
         raise SpecError(f"--num-processes must be at least 1, got {num_processes}")
@@ -132,18 +173,17 @@ def check_processes(num_processes: int, spark: SparkSession, run: Run) -> None:
             f"--num-processes {num_processes} needs {num_processes} Spark task slots at once, "
             f"but {master_of(spark)} has {slots}"
         )
-    if num_processes > len(run.train_set):
-        raise SpecError(
-            f"{run.spec_file}: data: {len(run.train_set)} training rows cannot feed "
-            f"{num_processes} processes"
-        )
+    if num_processes > rows:
+        raise SpecError(f"{spec_file}: data: {rows} {what} cannot feed {num_processes} processes")
 
 
-def _rank(run: Run) -> tuple[dict[str, np.ndarray], History] | RankFailed:
-    """One DDP process (started by torchrun in a Spark task): fit its shard; rank 0 reports.
+def _rank(run: Run | ParquetRun) -> tuple[Any, ...] | RankFailed:
+    """One DDP process (started by torchrun in a Spark task): fit its shard; rank 0 reports
+    its weights and history, and for a `ParquetRun` the `Run` that describes the whole data.
 
     A rank that fails returns its error. The others then fail too (their peer left the
-    collective), so rank 0's answer always arrives, with the cause when rank 0 had it.
+    collective), so rank 0's answer always arrives, with the cause when rank 0 had it. A data
+    error of a `ParquetRun` is found by every rank alike (see `training.row_groups`).
     """
     use_cuda = torch.cuda.is_available()  # only if Spark gave this task a GPU
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
@@ -158,12 +198,25 @@ def _rank(run: Run) -> tuple[dict[str, np.ndarray], History] | RankFailed:
             # DDP broadcasts rank 0's weights; the seeded build makes them equal anyway.
             return DistributedDataParallel(model, device_ids=[device] if device else None)
 
+        if isinstance(run, ParquetRun):
+            share, shard = row_groups.load_share(run, rank, world, _all_gather)
+            fitted = fit(share, shard=shard, wrap=wrap, device=device)
+            return weights(fitted), fitted.history, share.without_rows()
         fitted = fit(run, shard=Shard(rank, world), wrap=wrap, device=device)
         return weights(fitted), fitted.history
+    except SpecError as e:
+        return RankFailed(dist.get_rank(), str(e), data=True)
     except Exception as e:  # returned to the driver, see RankFailed
         return RankFailed(dist.get_rank(), " ".join(f"{type(e).__name__}: {e}".split())[:500])
     finally:
         dist.destroy_process_group()
+
+
+def _all_gather(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank."""
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def _spark_gives_gpus(spark: SparkSession) -> bool:

@@ -13,6 +13,7 @@ rank of DistributedDataParallel in `training.distributed`, one trial in `trainin
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from training.layer_specs import EmbeddingSpec
 from training.network import Sequential
 from training.optimizers import Optimizer
 from training.plots import plot_history
-from training.preprocessing import Scaler
+from training.preprocessing import FeatureStats, Scaler
 from training.progress import Progress
 from training.spec import (
     SPEC_FILE,
@@ -58,8 +59,27 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class DataSummary:
+    """What the fit and the export need of the whole data set: the rows on each side of the
+    split, the training rows' statistics (the scaler's, and the range of the parity check's
+    random rows) and the first held-out rows (the parity check's others)."""
+
+    train_rows: int
+    validation_rows: int
+    stats: FeatureStats
+    held_out: np.ndarray
+
+    @classmethod
+    def of(cls, train: datasets.Dataset, validation: datasets.Dataset) -> DataSummary:
+        held_out = validation.features[:PARITY_HELD_OUT_ROWS]
+        return cls(len(train), len(validation), FeatureStats.of(train.features), held_out)
+
+
+@dataclass(frozen=True)
 class Run:
-    """Everything a fit needs, loaded once on the driver and small enough to ship to workers."""
+    """Everything a fit needs, loaded once on the driver and small enough to ship to workers;
+    or, on a rank that read its own share of the data (`training.row_groups`), that share, with
+    the `summary` of the whole."""
 
     spec: Spec
     spec_file: Path
@@ -67,10 +87,26 @@ class Run:
     classes: list[str] | None
     train_set: datasets.Dataset
     val_set: datasets.Dataset
+    summary: DataSummary | None = None
 
     @property
     def seed(self) -> int:
         return self.spec.data.seed
+
+    @property
+    def whole(self) -> DataSummary:
+        """The summary of the whole data set, which this run holds unless it has a summary."""
+        return self.summary or DataSummary.of(self.train_set, self.val_set)
+
+    def without_rows(self) -> Run:
+        """This run with its summary and no rows: what a rank sends back to the driver."""
+        none = np.arange(0)
+        return dataclasses.replace(
+            self,
+            train_set=self.train_set.take(none),
+            val_set=self.val_set.take(none),
+            summary=self.whole,
+        )
 
 
 @dataclass(frozen=True)
@@ -122,14 +158,19 @@ def prepare_spec(
     data: datasets.Dataset | None = None,
 ) -> Run:
     """`prepare` for a spec already parsed (a search trial); `data` skips loading it again."""
-    overrides = {"epochs": epochs, "verbose": verbose}
-    fit_config = spec.fit.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     if data is None:
         data = datasets.load(spec, spec_file, spark=spark)
     train_set, val_set = datasets.split(data, spec.validation_split, spec.data.seed)
     if len(train_set) == 0:
         raise SpecError(f"{spec_file}: data: no training rows left after the validation split")
-    return Run(spec, spec_file, fit_config, data.classes, train_set, val_set)
+    config = fit_config(spec, epochs=epochs, verbose=verbose)
+    return Run(spec, spec_file, config, data.classes, train_set, val_set)
+
+
+def fit_config(spec: Spec, *, epochs: int | None, verbose: int | None) -> FitSpec:
+    """The spec's `fit` section with the command line's overrides."""
+    overrides = {"epochs": epochs, "verbose": verbose}
+    return spec.fit.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
 def fit(
@@ -142,10 +183,11 @@ def fit(
 ) -> Fitted:
     """Build the seeded network and fit it; `shard` and `wrap` make it one rank of DDP.
 
-    `device` (a GPU) holds the model and the whole data set, which is small by design.
+    `device` (a GPU) holds the model and the whole data set, which is small by design. The
+    scaler is fitted on all training rows, also when this rank holds only its share of them.
     """
     spec, shard = run.spec, shard or Shard()
-    scaler = Scaler.fit(spec.preprocessing.scale, run.train_set.features)
+    scaler = Scaler.from_stats(spec.preprocessing.scale, run.whole.stats)
     torch.manual_seed(run.seed)  # the same initial weights on every run and every rank
     network = Sequential(spec.network, run.train_set.features.shape[1])
     if spec.network.base is not None:
@@ -209,7 +251,7 @@ def start_from_base(spec: Spec, spec_file: Path, network: Sequential) -> Scaler:
 
 def rebuild(run: Run, state: Mapping[str, np.ndarray], history: History) -> Fitted:
     """The network a worker trained, re-created on the driver from its weights."""
-    scaler = Scaler.fit(run.spec.preprocessing.scale, run.train_set.features)
+    scaler = Scaler.from_stats(run.spec.preprocessing.scale, run.whole.stats)
     network = Sequential(run.spec.network, run.train_set.features.shape[1])
     nn.Sequential(scaler, network).load_state_dict(
         {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
@@ -231,7 +273,7 @@ def export(
     extras: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Export the next version of the bundle, with the parity check; `extras` adds files."""
-    spec, spec_file, history = run.spec, run.spec_file, fitted.history
+    spec, spec_file, history, whole = run.spec, run.spec_file, fitted.history, run.whole
     graph = ServingGraph(
         fitted.network,
         fitted.scaler,
@@ -252,9 +294,7 @@ def export(
         spec_file.parent,
         name=spec.name,
         description=spec.description,
-        parity_rows=parity_rows(
-            run.train_set.features, run.val_set.features, run.seed, ids=token_ids(spec)
-        ),
+        parity_rows=parity_rows(whole, run.seed, ids=token_ids(spec)),
         metrics=history.final,
         history=history.columns,
         provenance={
@@ -262,7 +302,7 @@ def export(
             "spec_file": SPEC_FILE,
             "spec_sha256": spec_sha256(spec_file),
             "spec": spec.model_dump(mode="json", by_alias=True),
-            "rows": {"train": len(run.train_set), "validation": len(run.val_set)},
+            "rows": {"train": whole.train_rows, "validation": whole.validation_rows},
             "epochs_run": len(history.epochs),
             "duration_s": round(time.perf_counter() - started, 3),
             **({"base": _base_provenance(spec, spec_file)} if spec.network.base else {}),
@@ -292,17 +332,16 @@ def targets(labels: np.ndarray, spec: Spec, units: int) -> Tensor:
     return nn.functional.one_hot(indices, units).to(torch.float32)
 
 
-def parity_rows(
-    train: np.ndarray, held_out: np.ndarray, seed: int, *, ids: int | None = None
-) -> np.ndarray:
+def parity_rows(data: DataSummary, seed: int, *, ids: int | None = None) -> np.ndarray:
     """Held-out rows plus random rows spanning the training range and 10% beyond it; for a
     network that starts with an embedding, random token ids below `ids` instead."""
     rng = np.random.default_rng(seed)
-    size = (PARITY_RANDOM_ROWS, train.shape[1])
+    size = (PARITY_RANDOM_ROWS, len(data.stats.low))
+    held_out = data.held_out
     if ids is not None:
         random = rng.integers(0, ids, size=size).astype(np.float64)
     else:
-        low, high = train.min(axis=0), train.max(axis=0)
+        low, high = data.stats.low.astype(np.float32), data.stats.high.astype(np.float32)
         margin = 0.1 * (high - low)
         random = rng.uniform(low - margin, high + margin, size=size)
     return np.concatenate([held_out[:PARITY_HELD_OUT_ROWS], random]).astype(np.float32)

@@ -1,5 +1,5 @@
-"""Training on Spark: DDP through TorchDistributor on real Spark `local[2]` with gloo, and data
-read through Spark (`spark:<table>`, `parquet:`)."""
+"""Training on Spark: DDP through TorchDistributor on real Spark `local[2]` with gloo, data
+read through Spark (`spark:<table>`, `parquet:`), and Parquet that the ranks read themselves."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from training import SpecError, load_spec, train
 from training import data as datasets
 from training.__main__ import main
 from training.distributed import train_distributed
+from training.row_groups import held_out
 
 TORCH_LOG_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
 
@@ -136,6 +137,57 @@ def test_parquet_read_through_spark_equals_pyarrow(
     np.testing.assert_array_equal(plain.features, through_spark.features)
     np.testing.assert_array_equal(plain.labels, through_spark.labels)
     assert plain.classes == through_spark.classes
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_their_own_parquet_row_groups_and_split_alike_every_run(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The drug trial in 3 Parquet files of 256-row groups: the driver reads no row (any call
+    that would read some fails), the ranks evaluate exactly the rows the documented hash
+    holds out, and the CLI's run of the same spec ends with the same split and metrics."""
+    del spark  # the session both runs find
+    folder = committed_spec("side_effects", tmp_path / "side_effects")
+    trial = datasets.drug_trial(42)
+    names = np.array(["no", "yes"])[trial["side_effects"]]  # the classes come from the ranks
+    (folder / "patients").mkdir()
+    for number, rows in enumerate(np.array_split(np.arange(2100), 3)):
+        part = pa.table({"age": trial["age"][rows], "side_effects": names[rows]})
+        pq.write_table(part, folder / "patients" / f"part-{number}.parquet", row_group_size=256)
+    spec = yaml.safe_load((folder / "model.yaml").read_text())
+    del spec["data"]["classes"]
+    spec["data"]["source"] = "parquet:patients"
+    spec["compile"]["optimizer"]["learning_rate"] = 0.01
+    spec["fit"].update(batch_size=50, epochs=3, verbose=0)
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec))
+
+    def rows_on_the_driver(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the driver read rows of the data set")
+
+    monkeypatch.setattr(datasets, "read_source", rows_on_the_driver)  # the collecting path
+    for reader in ("read", "read_row_group", "read_row_groups", "iter_batches"):
+        monkeypatch.setattr(pq.ParquetFile, reader, rows_on_the_driver)
+    monkeypatch.setattr(pq, "read_table", rows_on_the_driver)
+
+    first = train_distributed(folder, num_processes=2)
+    validation = held_out(np.arange(2100), 42, 0.1)
+    metadata = json.loads((first.bundle / "metadata.json").read_text())
+    assert metadata["provenance"]["rows"] == {
+        "train": int((~validation).sum()),
+        "validation": int(validation.sum()),
+    }
+    assert metadata["provenance"]["distributed"]["row_groups"] == 9
+    assert metadata["classes"] == ["no", "yes"]
+    assert first.metrics["val_accuracy"] >= 0.9
+    ages = trial["age"][validation].astype(np.float32)[:, None]
+    predicted = inference.load(first.bundle).predict(ages).class_index
+    assert np.mean(predicted == trial["side_effects"][validation]) == pytest.approx(
+        first.metrics["val_accuracy"]
+    )
+    assert main([str(folder), "--spark", "--num-processes", "2"]) == 0
+    again = json.loads((folder / "2" / "metadata.json").read_text())
+    assert again["provenance"]["rows"] == metadata["provenance"]["rows"]
+    assert again["metrics"] == metadata["metrics"]
 
 
 def test_parquet_that_spark_cannot_read_is_a_spec_error(spark: SparkSession, make_spec: SpecWriter):
