@@ -16,7 +16,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --editable '.[train,serve,batch,dev]'
+	$(BIN)/pip install --quiet --editable '.[train,serve,batch,tracing,dev]'
 	touch $@
 
 run: $(VENV)/.installed-run

@@ -41,6 +41,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +49,11 @@ from pydantic import BaseModel, ConfigDict, Field
 import inference
 from serving.core.deadlines import Deadlines
 from serving.core.statistics import FOLD_VALUES, ModelStats
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+    from serving.ops.tracing import BatchSpan, Tracing
 
 Outputs = dict[str, np.ndarray]
 Times = tuple[float, float, float, float]
@@ -174,6 +180,8 @@ class _Request:
     due: float
     """When its batch leaves at the latest: `enqueued` plus the delay, or nothing added while
     waiting does not pay."""
+    span: SpanContext | None = None
+    """Its request span's context, with tracing on: its batch's span links to it."""
 
 
 @dataclass
@@ -202,6 +210,7 @@ class Batcher:
         max_running: int = 1,
         observer: BatchObserver | None = None,
         stats: ModelStats | None = None,
+        tracing: Tracing | None = None,
     ):
         self._model = weakref.ref(model)
         """Weakly: the service keeps one batcher per model version, keyed weakly by the version
@@ -225,6 +234,8 @@ class Batcher:
         self._delay_s = config.max_delay_us / 1e6
         self._varying = any(-1 in i.shape[1:] for i in model.metadata.inputs)
         self._policy = MergePolicy()
+        self._tracing = tracing
+        """A span per run, None when off (`serving/ops/tracing.py`)."""
 
     @property
     def model(self) -> inference.Model:
@@ -241,12 +252,17 @@ class Batcher:
         wait, turn = self._waits()
         idle = not turn and not self._queue and self._running < self._max_running
         if idle and runs_inline(model, rows, self._inline_max_s):
+            if self._tracing is not None:
+                with self._tracing.run_at_once(model, rows):
+                    return self._run_at_once(model, feeds, rows, outputs)
             return self._run_at_once(model, feeds, rows, outputs)
         loop = asyncio.get_running_loop()
         names = list(outputs) if outputs is not None else model.metadata.default_outputs
         shape = tuple(a.shape[1:] for a in feeds.values()) if self._varying else None
         now = time.perf_counter()
         request = _Request(model, feeds, rows, shape, names, loop.create_future(), now, now + wait)
+        if self._tracing is not None:
+            request.span = self._tracing.link()
         self._queue.append(request)
         self._queued_rows += request.rows
         self._schedule(loop, turned=not turn)
@@ -339,15 +355,21 @@ class Batcher:
         rows = sum(r.rows for r in batch)
         self._note_batch(rows, len(batch))
         self._running += 1
-        if runs_inline(batch[0].model, rows, self._inline_max_s):
-            self._finish(loop, batch, *self._run_batch(batch))
+        inline = runs_inline(batch[0].model, rows, self._inline_max_s)
+        span = None
+        if self._tracing is not None:
+            span = self._tracing.batch(batch[0].model, [r.span for r in batch], rows, inline)
+        if inline:
+            self._finish(loop, batch, *self._run_batch(batch), span=span)
             return
         try:
             future = loop.run_in_executor(self._executor, self._run_batch, batch)
         except RuntimeError as e:  # the executor is shut down: the server is stopping
-            self._finish(loop, batch, [e for _ in batch])
+            self._finish(loop, batch, [e for _ in batch], span=span)
             return
-        future.add_done_callback(lambda done: self._finish(loop, batch, *_results(done, batch)))
+        future.add_done_callback(
+            lambda done: self._finish(loop, batch, *_results(done, batch), span=span)
+        )
 
     def _take(self, now: float) -> list[_Request]:
         """Requests from the head of the queue up to `max_batch_size` rows (a larger request
@@ -410,7 +432,10 @@ class Batcher:
         batch: list[_Request],
         results: list[Outputs | BaseException],
         times: Times | None = None,
+        span: BatchSpan | None = None,
     ) -> None:
+        if span is not None:
+            span.end(results)
         if times is not None and self._stats is not None:
             waited = sum(times[0] - r.enqueued for r in batch)
             self._count(self._stats, sum(r.rows for r in batch), len(batch), waited, times)

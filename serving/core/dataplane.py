@@ -33,6 +33,7 @@ from serving.core.statistics import FOLD_VALUES, ModelStats
 from serving.ops.collector import ServerCollector
 from serving.ops.metrics import Metrics
 from serving.ops.settings import Settings
+from serving.ops.tracing import Tracing
 
 Outputs = dict[str, np.ndarray]
 
@@ -79,6 +80,7 @@ class DataPlane:
         settings: Settings,
         metrics: Metrics,
         collector: ServerCollector | None = None,
+        tracing: Tracing | None = None,
     ):
         self.repository = repository
         self.settings = settings
@@ -92,6 +94,8 @@ class DataPlane:
         self.deadlines = Deadlines(settings.request_timeout_s)
         """Every answer that waits on the executor or a batch, failed at the request timeout."""
         self._inline_s = settings.inline_max_us / 1e6
+        self.tracing = tracing
+        """OpenTelemetry's spans, None when off (`serving/ops/tracing.py`)."""
         self._lanes: weakref.WeakKeyDictionary[inference.Model, Lane] = weakref.WeakKeyDictionary()
         """One per loaded model version; a reloaded version gets a new one (its statistics
         start again, as Triton's do)."""
@@ -155,6 +159,8 @@ class DataPlane:
         try:
             checked = model.check(feeds)
             rows = model.rows(checked)
+            if self.tracing is not None:  # the request span's model, version and rows
+                self.tracing.note(model, rows)
             if rows > self.settings.max_batch_rows:
                 raise PayloadTooLarge(
                     f"{rows} rows in one request exceed the limit of "
@@ -247,9 +253,12 @@ class DataPlane:
             max_running=self.settings.inference_workers,
             observer=self.metrics.batch_observer(model.name, model.version),
             stats=stats,
+            tracing=self.tracing,
         )
 
     def close(self) -> None:
         """Stop taking requests; runs in flight finish first."""
         self.stopping = True
         self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.tracing is not None:  # send the spans still buffered
+            self.tracing.close()

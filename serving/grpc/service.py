@@ -63,6 +63,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     def __init__(self, plane: DataPlane, api_key: str | None = None):
         self.plane = plane
         self.key = api_key.encode() if api_key is not None else None
+        if plane.tracing is not None:  # a span per inference call (serving/ops/tracing.py)
+            traced = plane.tracing.grpc("ModelInfer", self.ModelInfer)
+            self.ModelInfer = traced  # type: ignore[method-assign]
 
     async def ServerLive(self, request: Any, context: Context) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -197,12 +200,16 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
             return result
         except (ServingError, InvalidInputError) as e:
             status = e.status if isinstance(e, ServingError) else 400
+            if self.plane.tracing is not None:
+                self.plane.tracing.record(e)
             log.info("gRPC %s -> %d: %s", method, status, e)
             await context.abort(CODES.get(status, grpc.StatusCode.UNKNOWN), str(e))
         except grpc.aio.AbortError:
             raise
-        except Exception:
+        except Exception as e:
             log.exception("unhandled error on gRPC %s", method)
+            if self.plane.tracing is not None:
+                self.plane.tracing.record(e)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
             )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 import inference
 from serving.core.batching import BatchingConfig
@@ -24,7 +25,7 @@ from serving.http.errors import install_handlers
 from serving.http.fast_front import HotStack, ServingApp, hot_routes
 from serving.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from serving.http.routes import extensions, health, repository_api, v1, v2
-from serving.ops import logs
+from serving.ops import logs, tracing
 from serving.ops.collector import ServerCollector
 from serving.ops.metrics import Metrics, MetricsMiddleware
 from serving.ops.settings import Settings
@@ -34,6 +35,8 @@ from serving.protocol import schemas
 from serving.protocol.answers import server_version
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from serving.grpc import GrpcServer
 
 log = logging.getLogger("serving")
@@ -49,10 +52,13 @@ def runtime_options(settings: Settings) -> inference.RuntimeOptions:
     )
 
 
-def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
+def create_app(
+    settings: Settings, *, tune_gc: bool = False, span_exporter: SpanExporter | None = None
+) -> ServingApp:
     """The service; `tune_gc` where it owns its process (`python -m serving`, the uvicorn
     factory): the process's garbage collector is set for serving while the app runs
-    (`serving/ops/collector.py`)."""
+    (`serving/ops/collector.py`). `span_exporter` (tests) turns tracing on, its spans sent
+    there (`serving/ops/tracing.py`)."""
     shared = SharedMetrics(settings.metrics_dir) if settings.metrics_dir is not None else None
     metrics = Metrics(shared)
     repository = ModelRepository(
@@ -63,7 +69,9 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
         batching=BatchingConfig(settings.max_batch_size, settings.max_delay_us),
     )
     collector = ServerCollector() if tune_gc else None
-    plane = DataPlane(repository, settings, metrics, collector)
+    plane = DataPlane(  # tracing None when off
+        repository, settings, metrics, collector, tracing.from_settings(settings, span_exporter)
+    )
     grpc_server = _grpc_server(plane, settings)
 
     @asynccontextmanager
@@ -126,10 +134,20 @@ def create_app(settings: Settings, *, tune_gc: bool = False) -> ServingApp:
         app.add_middleware(ApiKeyMiddleware, key=key)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.hot_stack = HotStack(metrics, settings.max_body_bytes, key)
+    app.hot_stack = _trace(app, HotStack(metrics, settings.max_body_bytes, key), plane.tracing)
     app.hot_routes = hot_routes(routers)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
+
+
+def _trace(app: ServingApp, hot_stack: HotStack, traces: tracing.Tracing | None) -> ASGIApp:
+    """The hot routes' stack; with tracing on, a span per request around it and around
+    FastAPI's stack (outside their metrics and protection). Off, nothing is in the way."""
+    if traces is None:
+        return hot_stack
+    app.add_middleware(tracing.TracedHttp, tracing=traces)
+    hot_stack.tracing = traces  # its errors on the span
+    return traces.http(hot_stack)
 
 
 def _grpc_server(plane: DataPlane, settings: Settings) -> GrpcServer | None:

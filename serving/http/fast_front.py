@@ -31,6 +31,7 @@ from serving.http.errors import client_error_response, error_response, internal_
 from serving.http.middleware import declared_too_large, key_allowed, too_large, unauthorized
 from serving.http.routes import v1, v2
 from serving.ops.metrics import Metrics
+from serving.ops.tracing import Tracing
 
 Handler = Callable[[Request, str, str | None], Awaitable[Response]]
 
@@ -135,6 +136,9 @@ class HotStack:
         self.limit = limit
         self.key = key.encode() if key is not None else None
         self.coalescer = Coalescer()
+        self.tracing: Tracing | None = None
+        """With tracing on (`create_app` wraps this stack in its span), errors answered are
+        recorded on the request's span."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route: HotRoute = scope["route"]
@@ -178,8 +182,12 @@ class HotStack:
         except ClientDisconnect:
             return None
         except (ServingError, InvalidInputError) as e:
+            if self.tracing is not None:
+                self.tracing.record(e)
             return client_error_response("POST", scope["path"], e)
-        except Exception:
+        except Exception as e:
+            if self.tracing is not None:
+                self.tracing.record(e)
             return internal_error_response("POST", scope["path"])
 
 

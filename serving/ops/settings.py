@@ -5,6 +5,7 @@ Built once at the entry point and passed down; nothing reads the environment at 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic_settings import (
 
 from inference import available_cpus
 from inference.yaml_files import YamlError, load_yaml
+from serving.ops import tracing
 
 MIB = 1024 * 1024
 
@@ -55,6 +57,11 @@ class Settings(BaseSettings):
     """One JSON object per log line (for Kubernetes log collectors)."""
     access_log: bool = False
     """Log every request (the metrics count them anyway)."""
+    tracing: Literal["auto", "off", "otlp", "console"] = Field("auto", validate_default=True)
+    """OpenTelemetry traces: `otlp` sends them where the standard `OTEL_EXPORTER_OTLP_*`
+    variables say, `console` prints them; `auto` (the default) follows `OTEL_TRACES_EXPORTER`,
+    else turns on `otlp` when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, else stays off. Needs the
+    `tracing` extra (docs/serving.md, Tracing)."""
     metrics_dir: Path | None = None
     """Where worker processes share their metrics, so that a scrape of any one sees them all;
     `python -m serving` makes a temporary folder when `workers` > 1 and none is set, and clears
@@ -138,6 +145,12 @@ class Settings(BaseSettings):
                 return available_cpus()
             if not text.isdigit():
                 raise ValueError(f"{value!r} is neither a number of processes nor auto")
+        return value
+
+    @field_validator("tracing")
+    @classmethod
+    def _tracing_installed(cls, value: str) -> str:
+        tracing.check(value, os.environ)  # one line at start, not a traceback at the first span
         return value
 
     @field_validator("providers", "models", mode="before")
