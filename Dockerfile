@@ -4,8 +4,8 @@
 #   docker build --target serve-gpu -t onnx-bundle-serving:gpu .   # CUDA service
 #   docker build --target batch -t onnx-bundle-batch .             # Spark job (spark.kubernetes.container.image)
 #   docker build --target train -t onnx-bundle-training .          # training Job
-# The service image holds only the `serve` extra: onnxruntime, FastAPI, uvicorn, grpcio. No torch,
-# no Spark. It serves HTTP on 8080 and gRPC on 8081 (the Open Inference Protocol on both).
+# The service image holds only the `serve` and `tracing` extras: onnxruntime, FastAPI, uvicorn,
+# grpcio, the OpenTelemetry SDK (off unless OTEL_* or --tracing asks). No torch, no Spark. It serves HTTP on 8080 and gRPC on 8081 (the Open Inference Protocol on both).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -29,7 +29,7 @@ RUN useradd --create-home --uid 10001 --user-group app
 WORKDIR /app
 # Dependencies first (their own layer): a code change does not reinstall them.
 COPY pyproject.toml docker/requirements.py ./
-RUN python requirements.py serve > requirements.txt \
+RUN python requirements.py serve tracing > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt \
     && rm requirements.txt requirements.py
 COPY --from=build /wheels/ /wheels/
@@ -55,7 +55,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN useradd --create-home --uid 10001 --user-group app
 WORKDIR /app
 COPY pyproject.toml docker/requirements.py ./
-RUN python requirements.py serve gpu --without onnxruntime > requirements.txt \
+RUN python requirements.py serve tracing gpu --without onnxruntime > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt \
     && rm requirements.txt requirements.py
 COPY --from=build /wheels/ /wheels/

@@ -86,7 +86,7 @@ def test_dependencies_install_before_the_code(instructions: list[dict[str, str]]
         n for n, i in enumerate(serve) if i["instruction"] == "COPY" and "/wheels/" in i["value"]
     )
     assert first_pip < first_code
-    assert extras_installed(serve[first_pip]["value"]) == ["serve"]
+    assert extras_installed(serve[first_pip]["value"]) == ["serve", "tracing"]
 
 
 def extras_installed(run: str) -> list[str]:
@@ -101,10 +101,14 @@ def extras_installed(run: str) -> list[str]:
     [
         (
             "serve-base",
-            {"fastapi", "onnxruntime", "numpy"},
+            {"fastapi", "onnxruntime", "numpy", "opentelemetry-sdk"},
             {"torch", "pyspark", "onnxruntime-gpu"},
         ),
-        ("serve-gpu", {"fastapi", "onnxruntime-gpu"}, {"onnxruntime", "torch", "pyspark"}),
+        (
+            "serve-gpu",
+            {"fastapi", "onnxruntime-gpu", "opentelemetry-sdk"},
+            {"onnxruntime", "torch", "pyspark"},
+        ),
         ("batch", {"pyspark", "onnxruntime", "pandas"}, {"torch", "fastapi"}),
         ("train", {"torch", "onnx", "onnxruntime"}, {"pyspark", "fastapi"}),
     ],
