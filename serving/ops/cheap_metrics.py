@@ -1,35 +1,58 @@
-"""A counter and a histogram cheap enough for the hot path, exported by prometheus_client.
+"""What prometheus_client does not do cheaply enough: a histogram for the hot path, and worker
+processes sharing their values without a file write per observation.
 
-Why: prometheus_client's `Histogram.observe` walks its buckets in Python and takes a lock for
-each of two increments. Our four observations per request cost ~20 µs of a ~115 µs request
-(in-process, v1 side_effects; measured by stubbing them out). Here an observation is a bisect
-and two additions under one uncontended lock (observations come from the event loop and from
-the executor's threads, so the lock stays). The exposition is prometheus_client's own
-(`generate_latest` over a registered collector), with the same names, labels and buckets;
-only the optional `_created` series are left out.
+Everything else is prometheus_client's: counters and gauges, the text exposition, the
+multiprocess file format, and the collector that merges those files. Why these two parts are
+our own is measured in bench/RESULTS.md ("Metrics: hand-written against prometheus_client"):
+prometheus_client's `Histogram.observe` walks its buckets in Python and takes a lock for each
+of two increments, and its multiprocess mode writes every observation to a memory-mapped file.
+Here an observation is a bisect and two additions under one uncontended lock (observations
+come from the event loop and from the executor's threads, so the lock stays).
 
-Each family can also hand out its values and merge in those of other worker processes
-(serving/ops/shared_metrics.py), so that a scrape of one of several workers sees them all.
+With `--workers N` uvicorn runs N processes behind one socket, and a scrape reaches one of
+them. Each worker copies all its values (its registry: our histograms and prometheus_client's
+counters and gauges) to prometheus_client's multiprocess files in the metrics folder every
+`metrics_flush_s`, at every scrape it answers and when it stops; a scrape merges every file
+with prometheus_client's `MultiProcessCollector.merge`. What a scrape sees is what
+prometheus_client's multiprocess mode shows:
+- counters and histograms: the sum over every worker that ran since the server started, the
+  dead included (their files stay, as prometheus_client documents). Totals never go back,
+  whichever worker answers: the answering worker writes its own files first, so all a scrape
+  shows is on disk, and files are added in name order, so every worker adds the same floats
+  the same way. A worker killed outright loses what it counted since its last write.
+- gauges: live workers only (`livesum`: requests in flight; `livemax`: a model's load time);
+  a scrape removes the gauge files of workers that have exited (`mark_process_dead`).
+Files are named by process id and start time, so a new worker that gets a dead one's process
+id does not overwrite its counts; a damaged file is left out with one warning, never failing a
+scrape. `python -m serving` clears the folder's files at start (`prepare`).
 """
 
 from __future__ import annotations
 
-import math
+import logging
+import os
+import re
+import stat
 import threading
+import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import accumulate
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+log = logging.getLogger("serving")
+FILE = re.compile(r"(counter|histogram|gauge_live(?:sum|max))_(\d+)-([0-9a-f]{16})\.(db|tmp)")
+"""A worker's file in prometheus_client's multiprocess format (`.tmp`: a write under way):
+kind, process id, start time. Nothing else in the folder is read or cleared."""
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Far above a worker's values (a few KB for a handful of models)."""
 
 
 class HistogramChild:
@@ -54,133 +77,10 @@ class HistogramChild:
             return list(self._counts), self._sum
 
 
-class CounterChild:
-    __slots__ = ("_lock", "_value")
+class Histogram(Collector):
+    """prometheus_client's `Histogram(name, doc, labelnames, buckets=..., registry=...)` with
+    `labels(...).observe(value)`, exported the same way (less the optional `_created`)."""
 
-    def __init__(self) -> None:
-        self._value = 0.0
-        self._lock = threading.Lock()
-
-    def inc(self, amount: float = 1.0) -> None:
-        lock = self._lock
-        lock.acquire()
-        self._value += amount
-        lock.release()
-
-    @property
-    def value(self) -> float:
-        return self._value
-
-
-class GaugeChild:
-    """A value that is set, not added to (rarely: a model's load time)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def set(self, value: float) -> None:
-        self.value = float(value)
-
-
-class HasValue(Protocol):
-    @property
-    def value(self) -> float: ...
-
-
-Child = TypeVar("Child")
-NumberChild = TypeVar("NumberChild", bound=HasValue)
-Labels = tuple[str, ...]
-Values = dict[Labels, Any]
-"""A family's values by label values: a float (counter, gauge) or `[counts, sum]`
-(histogram, counts per bucket, not cumulative); JSON-able once the keys are lists."""
-
-
-@dataclass(frozen=True)
-class PeerValues:
-    """What another worker process last wrote of its metrics (serving/ops/shared_metrics.py)."""
-
-    pid: int
-    alive: bool
-    """Gauges count only while their process runs; counts stay after it died."""
-    families: dict[str, Values] = field(default_factory=dict)
-
-
-class Family(Collector, Generic[Child]):
-    """A metric's children by label values, made on first use, exported by `collect`."""
-
-    kind: ClassVar[Literal["counter", "gauge", "histogram"]]
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry,
-    ):
-        """Registers the family, which collects it once: a subclass sets its own attributes
-        first."""
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = list(labelnames)
-        self._children: dict[tuple[str, ...], Child] = {}
-        self._lock = threading.Lock()
-        registry.register(self)
-
-    def labels(self, *values: str) -> Child:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-        with self._lock:
-            child = self._children.get(values)
-            if child is None:
-                child = self._children[values] = self._new_child()
-        return child
-
-    def _new_child(self) -> Child:
-        raise NotImplementedError
-
-    def _items(self) -> list[tuple[tuple[str, ...], Child]]:
-        with self._lock:
-            return list(self._children.items())
-
-    def values(self) -> Values:
-        """This process's values, a consistent copy per child."""
-        return {labels: self._value_of(child) for labels, child in self._items()}
-
-    def collect(self) -> Iterator[Metric]:
-        yield self.metric(self.values())
-
-    @property
-    def buckets(self) -> int:
-        """Counts per value (a histogram's buckets and +Inf); 0 for a plain number."""
-        return 0
-
-    def merge_peers(self, own: Values, peers: Sequence[PeerValues]) -> Values:
-        """`own` values plus the other processes' (checked by the reader to fit this family)."""
-        merged = dict(own)
-        for peer in peers:
-            theirs = peer.families.get(self.name)
-            if theirs and self._counts(peer):
-                self._merge(merged, theirs)
-        return merged
-
-    def _counts(self, peer: PeerValues) -> bool:
-        """Whether a peer's values count: a dead process's counts stay in the totals (they
-        never go back when a worker restarts), its gauges do not."""
-        return True
-
-    def _value_of(self, child: Child) -> Any:
-        raise NotImplementedError
-
-    def _merge(self, into: Values, theirs: Values) -> None:
-        raise NotImplementedError
-
-    def metric(self, values: Values) -> Metric:
-        raise NotImplementedError
-
-
-class Histogram(Family[HistogramChild]):
     def __init__(
         self,
         name: str,
@@ -189,136 +89,159 @@ class Histogram(Family[HistogramChild]):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ):
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
         self.bounds = sorted(float(b) for b in buckets)
-        super().__init__(name, documentation, labelnames, registry)
+        self._le = [str(floatToGoString(b)) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
 
-    kind = "histogram"
+    def labels(self, *values: str) -> HistogramChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        with self._lock:
+            child = self._children.get(values)
+            if child is None:
+                child = self._children[values] = HistogramChild(self.bounds)
+        return child
 
-    @property
-    def buckets(self) -> int:
-        return len(self.bounds) + 1
-
-    def _new_child(self) -> HistogramChild:
-        return HistogramChild(self.bounds)
-
-    def _value_of(self, child: HistogramChild) -> Any:
-        counts, total = child.snapshot()
-        return [counts, total]
-
-    def _merge(self, into: Values, theirs: Values) -> None:
-        add_histograms(into, theirs)
-
-    def metric(self, values: Values) -> Metric:
+    def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, (counts, total) in values.items():
-            cumulative, buckets = 0, []
-            for bound, count in zip([*self.bounds, float("inf")], counts, strict=True):
-                cumulative += count
-                buckets.append((_le(bound), cumulative))
-            family.add_metric(list(labels), buckets, math.fsum(sum_parts(total)))
-        return family
+        with self._lock:
+            children = list(self._children.items())
+        for labels, child in children:
+            counts, total = child.snapshot()
+            buckets = list(zip(self._le, accumulate(counts), strict=True))
+            family.add_metric(list(labels), buckets, total)
+        yield family
 
 
-def add_histograms(into: Values, theirs: Values) -> None:
-    """Another process's histogram values added to `into`: counts add up; sums are kept as
-    their parts and added once, exactly (`Histogram.metric`)."""
-    for labels, (counts, total) in theirs.items():
-        mine = into.get(labels)
-        if mine is None:
-            into[labels] = [list(counts), sum_parts(total)]
-        else:
-            into[labels] = [
-                [a + b for a, b in zip(mine[0], counts, strict=True)],
-                sum_parts(mine[1]) + sum_parts(total),
-            ]
+class SharedMetrics(Collector):
+    """One worker's files in the shared folder (`write`), and all workers' values merged
+    (`collect`, through `registry`)."""
+
+    def __init__(self, folder: Path, pid: int | None = None):
+        self.folder = folder
+        self.pid = os.getpid() if pid is None else pid
+        self.process = f"{self.pid}-{time.time_ns():016x}"
+        """This process in its files' names: its id, and when it started."""
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self._warned: set[str] = set()
+
+    def write(self, registry: CollectorRegistry, gauges: Mapping[str, str]) -> None:
+        """Replace this process's files with the values of `registry`, each file at once (a
+        reader never sees half of one); `gauges`: each gauge's `livesum` or `livemax`. One
+        writer at a time: the caller holds a lock."""
+        files: dict[str, list[tuple[str, float]]] = {}
+        for metric in registry.collect():
+            kind = f"gauge_{gauges[metric.name]}" if metric.type == "gauge" else metric.type
+            files.setdefault(kind, []).extend(_entries(metric))
+        for kind, entries in files.items():
+            _replace(self.folder / f"{kind}_{self.process}.db", entries)
+
+    def collect(self) -> Iterator[Metric]:
+        """Every worker's values, merged as prometheus_client's multiprocess mode does."""
+        self._forget_dead(self._files())
+        readable = [str(path) for path in self._files() if self._readable(path)]
+        return iter(MultiProcessCollector.merge(readable, accumulate=True))  # type: ignore[no-untyped-call]
+
+    def _files(self) -> list[Path]:
+        try:
+            paths = sorted(self.folder.iterdir())  # the same order in every worker
+        except OSError as e:
+            self._warn(str(self.folder), f"metrics folder {self.folder} is unreadable: {e}")
+            return []
+        return [p for p in paths if (m := FILE.fullmatch(p.name)) is not None and m[4] == "db"]
+
+    def _forget_dead(self, files: list[Path]) -> None:
+        """Remove the gauge files of processes that have exited, or whose id a newer process
+        has taken (`mark_process_dead`)."""
+        newest: dict[int, str] = {}
+        gauges = []
+        for path in files:
+            kind, pid, started, _ = FILE.fullmatch(path.name).groups()  # type: ignore[union-attr]
+            if kind.startswith("gauge_"):
+                gauges.append((int(pid), started))
+                newest[int(pid)] = max(newest.get(int(pid), started), started)
+        for pid, started in gauges:
+            if started != newest[pid] or not pid_alive(pid):
+                mark_process_dead(f"{pid}-{started}", str(self.folder))  # type: ignore[no-untyped-call]
+
+    def _readable(self, path: Path) -> bool:
+        """Whether a file reads as prometheus_client's format; warns once about one that
+        does not (a pipe or device, which could block a scrape, included)."""
+        try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise ValueError(f"{info.st_size} bytes, more than a worker's values can be")
+            MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+        except FileNotFoundError:
+            return False  # a gauge file removed as its worker exited
+        except Exception as e:  # any damage at all: this file only is left out
+            self._warn(str(path), f"metrics file {path} is unreadable, left out of scrapes: {e}")
+            return False
+        return True
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
 
 
-def add_counters(into: Values, theirs: Values) -> None:
-    """Another process's counter values added to `into`."""
-    for labels, value in theirs.items():
-        into[labels] = into.get(labels, 0.0) + value
+def _entries(metric: Metric) -> Iterator[tuple[str, float]]:
+    """A metric's samples as prometheus_client's multiprocess files hold them: no `_created`,
+    histograms without `_count` and with each bucket's own count (not cumulative)."""
+    below: dict[tuple[tuple[str, str], ...], float] = {}
+    for sample in metric.samples:
+        if sample.name in (f"{metric.name}_created", f"{metric.name}_count"):
+            continue
+        value = sample.value
+        if sample.name == f"{metric.name}_bucket":
+            others = tuple((k, v) for k, v in sample.labels.items() if k != "le")
+            value, below[others] = value - below.get(others, 0.0), value
+        names, values = list(sample.labels), list(sample.labels.values())
+        yield mmap_key(metric.name, sample.name, names, values, metric.documentation), value
 
 
-def sum_parts(total: float | list[float]) -> list[float]:
-    """A histogram's sum as parts to be added once, with `math.fsum`: the exactly rounded sum
-    whatever their order. Added up one by one, as each worker answers a scrape in its own
-    order, sums of three or more workers could differ in the last bit from one scrape to the
-    next; a `_sum` a hair below the last one reads as a counter reset in Prometheus."""
-    return list(total) if isinstance(total, list) else [total]
+def _replace(path: Path, entries: list[tuple[str, float]]) -> None:
+    partial = path.with_suffix(".tmp")
+    partial.unlink(missing_ok=True)
+    values = MmapedDict(str(partial))  # type: ignore[no-untyped-call]
+    try:
+        for key, value in entries:
+            values.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+    finally:
+        values.close()  # type: ignore[no-untyped-call]
+    os.replace(partial, path)
 
 
-class _Number(Family[NumberChild]):
-    """A family of plain numbers (counters and gauges): one value per child, exported as
-    `metric_type`."""
-
-    metric_type: ClassVar[type[CounterMetricFamily] | type[GaugeMetricFamily]]
-
-    def _value_of(self, child: NumberChild) -> Any:
-        return child.value
-
-    def metric(self, values: Values) -> Metric:
-        family = self.metric_type(self.name, self.documentation, labels=self.labelnames)
-        for labels, value in values.items():
-            family.add_metric(list(labels), value)
-        return family
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    except (OverflowError, ValueError):
+        return False  # not a process id
+    return True
 
 
-class Counter(_Number[CounterChild]):
-    kind = "counter"
-    metric_type = CounterMetricFamily
-
-    def _new_child(self) -> CounterChild:
-        return CounterChild()
-
-    def _merge(self, into: Values, theirs: Values) -> None:
-        add_counters(into, theirs)
-
-
-class Gauge(_Number[GaugeChild]):
-    """A gauge; across processes, live ones only, summed (`sum`) or the largest (`max`).
-    `function` gives the value of a gauge without labels, read at each scrape."""
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry,
-        *,
-        across_processes: Literal["sum", "max"],
-        function: Callable[[], float] | None = None,
-    ):
-        if function is not None and labelnames:
-            raise ValueError(f"{name}: a gauge read from a function has no labels")
-        self._across = across_processes
-        self._function = function
-        super().__init__(name, documentation, labelnames, registry)
-
-    kind = "gauge"
-    metric_type = GaugeMetricFamily
-
-    def _new_child(self) -> GaugeChild:
-        return GaugeChild()
-
-    def values(self) -> Values:
-        if self._function is not None:
-            return {(): float(self._function())}
-        return super().values()
-
-    def _counts(self, peer: PeerValues) -> bool:
-        return peer.alive
-
-    def _merge(self, into: Values, theirs: Values) -> None:
-        for labels, value in theirs.items():
-            mine = into.get(labels)
-            if mine is None:
-                into[labels] = value
-            elif self._across == "sum":
-                into[labels] = mine + value
-            else:
-                into[labels] = max(mine, value)
-
-
-def _le(bound: float) -> str:
-    """A bucket's `le` label as prometheus_client writes it ("0.005", "1.0", "+Inf")."""
-    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
+def prepare(folder: Path) -> None:
+    """Make the folder for a new server, clearing a previous run's files (ours only); a clear
+    error when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in folder.iterdir():
+            if FILE.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"metrics folder {folder} cannot be used: {e.strerror or e}") from None

@@ -1,8 +1,9 @@
 """Prometheus metrics, per app (no global registry), and the middleware that records requests.
 
 Requests are labelled by model, version, endpoint (the route template, never the raw path, so
-a scan of random URLs cannot blow up the label count) and status. With several worker processes
-each scrape adds the other processes' values (serving/ops/shared_metrics.py).
+a scan of random URLs cannot blow up the label count) and status. Counters, gauges and the
+exposition are prometheus_client's; histograms, and the sharing of values between worker
+processes, are serving/ops/cheap_metrics.py's (why: its docstring).
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.core.batching import BatchObserver
-from serving.ops.cheap_metrics import Counter, Family, Gauge, Histogram, Values
-from serving.ops.shared_metrics import SharedMetrics
+from serving.ops.cheap_metrics import Histogram, SharedMetrics
 
 log = logging.getLogger("serving")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384, 65536)
+GAUGES_ACROSS_PROCESSES = {
+    "serving_requests_in_flight": "livesum",
+    "serving_model_load_duration_seconds": "livemax",
+}
+"""How a gauge adds up over worker processes (live ones only), in prometheus_client's words."""
 
 
 class Metrics:
@@ -33,10 +36,8 @@ class Metrics:
         self.shared = shared
         """Where this process shares its values with the server's other workers (None: alone)."""
         self._writing = threading.Lock()
-        """One write of this process's file at a time, each of a snapshot taken under it (a
-        periodic flush and a scrape's, or the flush at stop, must not cross)."""
-        self._written: dict[str, Values] | None = None
-        """What this process last wrote to its file."""
+        """One write of this process's files at a time (a periodic flush and a scrape's, or
+        the flush at stop, must not cross)."""
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, str, int], Any] = {}
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
@@ -92,33 +93,14 @@ class Metrics:
         self.answering = 0
         """Requests being answered, counted on the event loop (a plain int: the gauge's own
         locked increments cost more per request); read when metrics are scraped."""
-        self.in_flight = Gauge(
-            "serving_requests_in_flight",
-            "Requests being answered",
-            [],
-            registry=r,
-            across_processes="sum",
-            function=lambda: self.answering,
-        )
+        self.in_flight = Gauge("serving_requests_in_flight", "Requests being answered", registry=r)
+        self.in_flight.set_function(lambda: self.answering)
         self.load_seconds = Gauge(
             "serving_model_load_duration_seconds",
             "Time to load, verify and warm up a model version",
             ["model", "version"],
             registry=r,
-            across_processes="max",
         )
-        self._families: list[Family[Any]] = [
-            self.requests,
-            self.request_seconds,
-            self.inference_seconds,
-            self.rows,
-            self.batch_rows,
-            self.batch_requests,
-            self.queue_seconds,
-            self.in_flight,
-            self.load_seconds,
-        ]
-        self._schema = {f.name: (f.kind, len(f.labelnames), f.buckets) for f in self._families}
 
     def observe_inference(self, model: str, version: int, seconds: float) -> None:
         """One `session.run` (a request's rows, or a merged batch's)."""
@@ -154,9 +136,9 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def _child(self, metric: Any, model: str, version: int) -> Any:
-        """`metric.labels(model, str(version))`, cached: prometheus_client's own look-up (and
-        even `str(version)`) costs more per call than the observation. Label values are bounded
+    def _child(self, metric: Histogram, model: str, version: int) -> Any:
+        """`metric.labels(model, str(version))`, cached: the look-up (and even
+        `str(version)`) costs more per call than the observation. Label values are bounded
         (models and versions)."""
         key = (id(metric), model, version)
         child = self._children.get(key)
@@ -168,36 +150,22 @@ class Metrics:
         self.load_seconds.labels(model, str(version)).set(seconds)
 
     def exposition(self) -> bytes:
-        """The Prometheus text: this process's values, plus the other workers' if shared.
-
-        Shared, it shows exactly what it first writes to its own file: a value shown by one
-        worker is on disk for the next scrape, whichever worker answers that one, so totals
-        never go back (Prometheus would take a drop for a counter reset)."""
+        """The Prometheus text: this process's values, or every worker's if shared (this
+        one's written first: a value one worker shows is on disk for the next scrape,
+        whichever worker answers that one, so totals never go back)."""
         if self.shared is None:
             return bytes(generate_latest(self.registry))
         try:
-            own = self.flush()
-        except OSError as e:  # show no more than is on disk, or the next scrape could drop
+            self.flush()
+        except OSError as e:
             log.warning("could not share this worker's metrics: %s", e)
-            own = self._written or {f.name: {} for f in self._families}
-        peers = self.shared.read_peers(self._schema)
-        merged = [f.metric(f.merge_peers(own[f.name], peers)) for f in self._families]
-        registry = CollectorRegistry()
-        registry.register(_Collected(merged))
-        return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.shared.registry))
 
-    def flush(self) -> dict[str, Values]:
-        """Write this process's values for the other workers' scrapes (when shared); returns
-        what was written."""
+    def flush(self) -> None:
+        """Write this process's values for the other workers' scrapes (when shared)."""
         with self._writing:
-            own = self._snapshot()
             if self.shared is not None:
-                self.shared.write(own)
-                self._written = own
-        return own
-
-    def _snapshot(self) -> dict[str, Values]:
-        return {f.name: f.values() for f in self._families}
+                self.shared.write(self.registry, GAUGES_ACROSS_PROCESSES)
 
     async def share(self, every_s: float) -> None:
         """Flush every `every_s` until cancelled, then once more (the lifespan runs it)."""
@@ -213,16 +181,6 @@ class Metrics:
             await asyncio.to_thread(self.flush)  # a file write: not on the event loop
         except OSError as e:
             log.warning("could not share this worker's metrics: %s", e)
-
-
-class _Collected:
-    """Metrics already merged for one scrape, in the shape `generate_latest` reads."""
-
-    def __init__(self, metrics: list[Metric]):
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._metrics)
 
 
 class MetricsMiddleware:
