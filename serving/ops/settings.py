@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     `X-API-Key: <key>`."""
     max_body_bytes: int = Field(default=64 * MIB, ge=1)
     """Larger request bodies are refused with 413."""
+    max_json_body_bytes: int = Field(default=8 * MIB, ge=1)
+    """Larger JSON bodies (v1; v2 JSON, or a binary request's JSON header; decompressed) are
+    refused with 413: decoding JSON takes up to 32x its size in memory, binary tensors about
+    their size, so large batches travel as binary tensors, up to `max_body_bytes`."""
     max_batch_rows: int = Field(default=100_000, ge=1)
     """More rows in one request are refused with 413."""
     inference_workers: int = Field(default=1, ge=1)

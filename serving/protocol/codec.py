@@ -64,6 +64,11 @@ JSON_KINDS = {
 FP32_MAX = float(np.finfo(np.float32).max)
 SMALL = 16
 """Up to this many values, a range check in Python costs less than numpy's `errstate`."""
+JSON_MEMORY_FACTOR = 32
+"""Decoding a JSON body allocates at most this many times its size: a Python object per value
+(and per nested list), orjson's own tree while it parses, then the arrays. Most forms take ~16x;
+one value per list (`[[1], [2], ...]`) the most. `max_json_body_bytes` bounds the product;
+tests/serving/test_body_memory.py holds every form to it."""
 
 
 class Body(NamedTuple):
@@ -85,16 +90,23 @@ class DecodedRequest:
     None for none (no default: filling one costs the plain request's call)."""
 
 
-def split_body(raw: bytes, headers: Mapping[str, str], limit: int) -> Body:
-    """Check the content type, undo the content encoding, split JSON header and binary part."""
+def split_body(raw: bytes, headers: Mapping[str, str], limit: int, json_limit: int) -> Body:
+    """Check the content type, undo the content encoding, split JSON header and binary part.
+    `limit` bounds the decompressed body, `json_limit` its JSON: JSON costs up to
+    `JSON_MEMORY_FACTOR` times its size to decode, binary tensors about their size."""
     content_type = headers.get("content-type")
     if content_type != "application/json":  # the common case needs no parsing
         _check_content_type(content_type or "")
+    length = headers.get(HEADER_LENGTH)
     encoding = headers.get("content-encoding")
     if encoding:
-        raw = _decompress(raw, encoding.strip().lower(), limit)
-    length = headers.get(HEADER_LENGTH)
+        json_only = length is None and json_limit < limit  # no need to inflate past it
+        raw = _decompress(
+            raw, encoding.strip().lower(), json_limit if json_only else limit, json_only
+        )
     if length is None:
+        if len(raw) > json_limit:
+            raise json_too_large(f"{len(raw)} bytes", json_limit)
         return Body(raw, b"")
     try:
         n = int(length)
@@ -106,7 +118,18 @@ def split_body(raw: bytes, headers: Mapping[str, str], limit: int) -> Body:
         raise BadRequest(
             f"Inference-Header-Content-Length {n} is outside the body of {len(raw)} bytes"
         )
+    if n > json_limit:
+        raise json_too_large(f"{n} bytes", json_limit)
     return Body(raw[:n], raw[n:])
+
+
+def json_too_large(size: str, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the JSON body ({size}) exceeds max_json_body_bytes ({limit} bytes): decoding JSON "
+        f"takes up to {JSON_MEMORY_FACTOR}x its size in memory. Send the tensors in binary "
+        "(v2 infer with the binary tensor extension, tritonclient's default, or gRPC "
+        "raw_input_contents), split the batch, or raise max_json_body_bytes"
+    )
 
 
 def _check_content_type(header: str) -> None:
@@ -119,7 +142,8 @@ def _check_content_type(header: str) -> None:
         )
 
 
-def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+def _decompress(raw: bytes, encoding: str, limit: int, json_only: bool) -> bytes:
+    """The inflated body; 413 past `limit` (`max_json_body_bytes` when `json_only`)."""
     if encoding in ("", "identity"):
         return raw
     if encoding not in ("gzip", "deflate"):
@@ -133,6 +157,8 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as e:
         raise BadRequest(f"the body is not valid {encoding} data: {e}") from e
     if len(data) > limit:
+        if json_only:
+            raise json_too_large(f"more than {limit} bytes decompressed", limit)
         raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
     if not inflater.eof:
         raise BadRequest(f"the body is not valid {encoding} data: it ends before its end mark")

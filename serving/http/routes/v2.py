@@ -70,7 +70,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     plane = dataplane(request)
     model = plane.model(name, version)
     note_model(request.state, name, model.version)
-    body = split_body(await request.body(), request.headers, plane.settings.max_body_bytes)
+    settings = plane.settings
+    body = split_body(
+        await request.body(),
+        request.headers,
+        settings.max_body_bytes,
+        settings.max_json_body_bytes,
+    )
     decoded = decode_request(body, model.metadata)
     outputs = await plane.infer(model, decoded.inputs, decoded.outputs)
     content, headers = encode_response(outputs, model.metadata, decoded, name)
