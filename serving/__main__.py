@@ -29,7 +29,7 @@ from inference.runtime import resolve_providers
 from serving.core.repository import model_names
 from serving.http import connections
 from serving.http.app import create_app
-from serving.ops import logs, shared_metrics
+from serving.ops import cheap_metrics, logs
 from serving.ops.settings import Settings
 from serving.process import listener
 
@@ -88,7 +88,7 @@ def check(settings: Settings) -> None:
             f"{settings.repo / '<name>' / '1' / 'model.onnx'} (or pass --allow-empty)"
         )
     if settings.metrics_dir is not None and settings.workers == 1:
-        shared_metrics.prepare(settings.metrics_dir)
+        cheap_metrics.prepare(settings.metrics_dir)
     if settings.grpc_port is not None:
         check_grpc_port(settings.host, settings.grpc_port)
 
@@ -198,7 +198,7 @@ def run_workers(settings: Settings, common: dict[str, Any]) -> int:
         return 2
     try:
         if settings.metrics_dir is not None:
-            shared_metrics.prepare(settings.metrics_dir)
+            cheap_metrics.prepare(settings.metrics_dir)
         if isinstance(sock, listener.PerWorkerSocket):
             log.info("each worker listens on a socket of its own; the kernel spreads connections")
         else:

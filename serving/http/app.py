@@ -26,10 +26,10 @@ from serving.http.fast_front import HotStack, ServingApp, hot_routes
 from serving.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from serving.http.routes import extensions, health, repository_api, v1, v2
 from serving.ops import logs, tracing
+from serving.ops.cheap_metrics import SharedMetrics
 from serving.ops.collector import ServerCollector
 from serving.ops.metrics import Metrics, MetricsMiddleware
 from serving.ops.settings import Settings
-from serving.ops.shared_metrics import SharedMetrics
 from serving.process.supervisor import stop_with_supervisor
 from serving.protocol import schemas
 from serving.protocol.answers import server_version

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = None
     """Where worker processes share their metrics, so that a scrape of any one sees them all;
     `python -m serving` makes a temporary folder when `workers` > 1 and none is set, and clears
-    this one's `metrics-*.json` files at start."""
+    this one's metric files (prometheus_client's multiprocess format) at start."""
     metrics_flush_s: float = Field(default=1.0, gt=0)
     """How often each worker writes its metrics to `metrics_dir` (a scrape may miss another
     worker's last this-many seconds, and a later one shows them)."""

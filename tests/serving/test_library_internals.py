@@ -1,6 +1,9 @@
 """Where the service leans on a library's internals for speed, a check here fails loudly on an
 upgrade that changes them, naming what to read again. (uvicorn's protocol internals, which
-serving/http/connections.py subclasses: tests/serving/test_connections.py. uvicorn's
+serving/http/connections.py subclasses: tests/serving/test_connections.py. prometheus_client's
+multiprocess file internals that serving/ops/cheap_metrics.py writes: the test of
+tests/serving/test_shared_metrics.py that reads them back with prometheus_client's own
+`MultiProcessCollector`. uvicorn's
 supervisor pickling our listening sockets into its workers, serving/process/listener.py: the
 worker tests of tests/serving/test_listener.py, which fail if a worker does not serve.)"""
 

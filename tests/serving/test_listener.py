@@ -61,7 +61,7 @@ def test_each_worker_listens_on_its_own_socket_and_gets_a_share_of_the_connectio
         one_request_on_each_of(server, 32)
         deadline = time.monotonic() + 20
         while True:  # the workers write their counts every 0.1 s
-            answered = sorted(predicted(p) for p in folder.glob("metrics-*.json"))
+            answered = sorted(predicted(p) for p in folder.glob("counter_*.db"))
             if sum(answered) == 32 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)

@@ -18,9 +18,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from serving.ops import shared_metrics
+from serving.ops import cheap_metrics
+from serving.ops.cheap_metrics import SharedMetrics
 from serving.ops.metrics import Metrics
-from serving.ops.shared_metrics import SharedMetrics
 from tests.serving.conftest import Server, run_cli, running_app
 from tests.serving.test_metrics import sample
 
@@ -182,7 +182,7 @@ def test_without_its_folder_a_scrape_still_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     folder = tmp_path / "metrics"
-    shared_metrics.prepare(folder)
+    cheap_metrics.prepare(folder)
     here = worker(folder, None, 10, load_s=0.1, answering=0)
     here.flush()
     shutil.rmtree(folder)
@@ -230,7 +230,7 @@ def test_a_process_id_taken_over_keeps_the_old_files_counts_not_its_gauges(tmp_p
 
 def test_prepare_clears_a_previous_runs_files_and_explains_an_unusable_folder(tmp_path: Path):
     folder = tmp_path / "metrics"
-    shared_metrics.prepare(folder)
+    cheap_metrics.prepare(folder)
     previous = (
         f"counter_1-{1:016x}.db",
         f"histogram_1-{1:016x}.db",
@@ -239,12 +239,12 @@ def test_prepare_clears_a_previous_runs_files_and_explains_an_unusable_folder(tm
     )
     for name in (*previous, "counter_report.db", "notes"):
         (folder / name).write_text("{}")
-    shared_metrics.prepare(folder)
+    cheap_metrics.prepare(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["counter_report.db", "notes"]
     a_file = tmp_path / "file"
     a_file.write_text("")
     with pytest.raises(ValueError, match=f"metrics folder {a_file / 'm'} cannot be used"):
-        shared_metrics.prepare(a_file / "m")
+        cheap_metrics.prepare(a_file / "m")
 
 
 def test_cli_refuses_a_metrics_folder_it_cannot_write(tmp_path: Path):
@@ -332,7 +332,7 @@ def test_two_workers_any_scrape_sees_every_request_even_after_one_is_killed(tmp_
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.1)
         wait_for_total(server.url, sent)  # the dead worker's requests still count
-        if not shared_metrics.pid_alive(pids[0]):  # its gauges went with that scrape
+        if not cheap_metrics.pid_alive(pids[0]):  # its gauges went with that scrape
             assert not list(folder.glob(f"gauge_*_{pids[0]}-*.db"))
         wait_for_total(server.url, sent)  # and count from there, whichever worker answers
         wait_for_total(server.url, sent)

@@ -38,10 +38,10 @@ def running(pid: int) -> bool:
 def worker_pids(folder: Path, supervisor: subprocess.Popen[str]) -> list[int]:
     """The two workers, once each has written its metrics file (models loaded by then)."""
     deadline = time.monotonic() + 60
-    while len(files := list(folder.glob("metrics-*.json"))) < 2:
+    while len(files := list(folder.glob("counter_*.db"))) < 2:
         assert supervisor.poll() is None and time.monotonic() < deadline, "workers never started"
         time.sleep(0.1)
-    return [int(p.name.split("-")[1]) for p in files]
+    return [int(p.name.split("_")[1].split("-")[0]) for p in files]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
