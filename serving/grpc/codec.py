@@ -33,6 +33,13 @@ CONTENTS = {
     "BYTES": "bytes_contents",
 }  # fmt: skip
 """The typed field of `InferTensorContents` that holds each datatype (none holds FP16)."""
+FIELD_DTYPES = {
+    "bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64), "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}  # fmt: skip
+"""Each typed field's own width: values are read at it, then checked and narrowed."""
 
 
 @dataclass(slots=True)
@@ -127,7 +134,7 @@ def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
     field = CONTENTS.get(datatype)
     if field is None:
         raise BadRequest(f"input {name!r}: {datatype} has no typed contents; send it raw")
-    values = list(getattr(tensor.contents, field))
+    values = getattr(tensor.contents, field)  # protobuf's repeated field, not copied to a list
     count = math.prod(shape)
     if len(values) != count:
         raise BadRequest(
@@ -137,14 +144,13 @@ def _from_contents(tensor: Any, shape: list[int]) -> np.ndarray:
         texts = [_text(name, i, v) for i, v in enumerate(values)]
         return np.array(texts, dtype=object).reshape(shape)
     dtype = DTYPES[datatype]
-    if dtype.kind in "iu" and values:
+    wide = np.fromiter(values, FIELD_DTYPES[field], count=count)  # the field's own width
+    if dtype.kind in "iu" and count and wide.dtype != dtype:
         info = np.iinfo(dtype)  # int_contents is 32 bits wide: an INT8 could wrap round
-        outside = next(
-            (v for v in (min(values), max(values)) if not info.min <= v <= info.max), None
-        )
+        outside = next((v for v in (wide.min(), wide.max()) if not info.min <= v <= info.max), None)
         if outside is not None:
             raise BadRequest(f"input {name!r}: {outside} is out of the range of {datatype}")
-    return np.array(values, dtype=dtype).reshape(shape)
+    return wide.astype(dtype, copy=False).reshape(shape)
 
 
 def _requested_outputs(request: Any, metadata: BundleMetadata) -> list[str] | None:
