@@ -12,7 +12,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 def test_torch_is_pinned_exactly_and_only_in_the_train_extra():
     project = PYPROJECT["project"]
     extras = project["optional-dependencies"]
-    assert set(extras) == {"train", "serve", "batch", "gpu", "dev"}
+    assert set(extras) == {"train", "serve", "batch", "gpu", "dev", "tracing"}
     torch_lines = [
         (extra, dep) for extra, deps in extras.items() for dep in deps if dep.startswith("torch")
     ]
