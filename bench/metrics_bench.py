@@ -217,11 +217,7 @@ def serve(variant: str, argv: list[str]) -> None:
     sys.exit(main(argv))
 
 
-METRICS_FILES = (
-    "serving/ops/metrics.py",
-    "serving/ops/cheap_metrics.py",
-    "serving/ops/shared_metrics.py",
-)
+METRICS_FILES = ("serving/ops/metrics.py", "serving/ops/cheap_metrics.py")
 """What `ours` takes from this working tree; the rest of its code is HEAD's."""
 
 
