@@ -3,9 +3,12 @@
     python -m training models/<name> --spark     # data.source: parquet:<file or folder>
 
 The driver reads only the files' footers (`plan`): the files in the order of their paths, their
-row groups and how many rows each holds. That numbers every row of the data set. Rank r of N
-reads rows [r*n/N, (r+1)*n/N) in that order: the row groups that overlap them (a row group on
-a boundary is read by both neighbours, each keeping its own rows).
+row groups and how many rows each holds. That numbers every row of the data set. A folder is
+read as `pyarrow.parquet.read_table` reads it (through `pyarrow.dataset`): columns that only the
+folder names hold (Hive partitions, `species=setosa/`) come with the same names, values and
+types, so the ranks read the rows and columns that the driver would. Rank r of N reads rows
+[r*n/N, (r+1)*n/N) in that order: the row groups that overlap them (a row group on a boundary
+is read by both neighbours, each keeping its own rows).
 
 The validation split is decided row by row: row i is held out when a hash of (data.seed, i),
 as a number in [0, 1), is below `validation_split`. A row's side therefore depends neither on
@@ -54,6 +57,8 @@ class RowGroup:
     first: int
     """The number of its first row in the whole data set."""
     rows: int
+    partition: Any = None
+    """The values its file's folder names give (a pyarrow expression), None for none."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Plan:
     """The path as the spec gives it, for messages."""
     root: str
     filesystem: Any
+    schema: Any
+    """The pyarrow schema every file is read as: the first file's, and the folder names'."""
     groups: tuple[RowGroup, ...]
     columns: tuple[str, ...]
 
@@ -104,13 +111,16 @@ def plan(spec: Spec, spec_file: Path) -> Plan | None:
         return None
     filesystem, root = _filesystem(rest, spec_file)
     columns = (*spec.data.features, *datasets.label_names(spec))
-    partial = Plan(rest, root, filesystem, (), columns)
+    partial = Plan(rest, root, filesystem, None, (), columns)
+    dataset = _dataset(partial, spec_file)
     groups, first = [], 0
-    for file in _files(partial, spec_file):
-        for index, rows in enumerate(_row_groups(partial, file, spec, spec_file)):
-            groups.append(RowGroup(file, index, first, rows))
+    for fragment in sorted(dataset.get_fragments(), key=lambda fragment: fragment.path):
+        for index, rows in enumerate(_row_groups(partial, fragment, spec, spec_file)):
+            groups.append(
+                RowGroup(fragment.path, index, first, rows, fragment.partition_expression)
+            )
             first += rows
-    return dataclasses.replace(partial, groups=tuple(groups))
+    return dataclasses.replace(partial, schema=dataset.schema, groups=tuple(groups))
 
 
 def _filesystem(rest: str, spec_file: Path) -> tuple[Any, str]:
@@ -127,46 +137,51 @@ def _filesystem(rest: str, spec_file: Path) -> tuple[Any, str]:
     return filesystem, str(root)
 
 
-def _files(plan: Plan, spec_file: Path) -> list[str]:
-    """The Parquet file, or the files under the folder in the order of their paths, leaving out
-    what Spark leaves out (names that start with `_` or `.`: _SUCCESS, .crc files)."""
+def _dataset(plan: Plan, spec_file: Path) -> Any:
+    """The Parquet file, or the files under the folder, as `pyarrow.parquet.read_table` finds
+    them: names that start with `_` or `.` left out (as Spark does: _SUCCESS, .crc files), and
+    Hive partitions discovered as it discovers them (dictionary-encoded). Only the first file's
+    footer is read here, for the schema."""
+    import pyarrow.dataset as ds
     import pyarrow.fs
 
     info = plan.filesystem.get_file_info(plan.root)
     if info.type == pyarrow.fs.FileType.NotFound:
         raise SpecError(f"{spec_file}: data.source: {plan.source} not found")
-    if info.type == pyarrow.fs.FileType.File:
-        return [plan.root]
-    found = plan.filesystem.get_file_info(pyarrow.fs.FileSelector(plan.root, recursive=True))
-    files = sorted(
-        f.path
-        for f in found
-        if f.type == pyarrow.fs.FileType.File
-        and not any(part.startswith(("_", ".")) for part in plan.inside(f.path).split("/"))
-    )
-    if not files:
-        raise SpecError(f"{spec_file}: data.source: {plan.source} holds no Parquet files")
-    return files
-
-
-def _row_groups(plan: Plan, file: str, spec: Spec, spec_file: Path) -> list[int]:
-    """The rows of each row group of `file`, from its footer, once its columns are checked."""
-    import pyarrow.parquet as pq
-
+    folder = info.type == pyarrow.fs.FileType.Directory  # a file's own path is no partition
+    hive = ds.HivePartitioning.discover(infer_dictionary=True) if folder else None
     try:
-        with plan.filesystem.open_input_file(file) as f:
-            metadata = pq.ParquetFile(f).metadata
-            names = metadata.schema.to_arrow_schema().names
-            rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        dataset = ds.dataset(
+            plan.root, format="parquet", filesystem=plan.filesystem, partitioning=hive
+        )
     except Exception as e:  # pyarrow raises several untyped errors for unreadable files
         raise SpecError(
-            f"{spec_file}: data.source: cannot read {plan.name(file)} as parquet: {_line(e)}"
+            f"{spec_file}: data.source: cannot read {plan.source} as parquet: {_line(e)}"
         ) from e
+    if not dataset.files:
+        raise SpecError(f"{spec_file}: data.source: {plan.source} holds no Parquet files")
+    return dataset
+
+
+def _row_groups(plan: Plan, fragment: Any, spec: Spec, spec_file: Path) -> list[int]:
+    """The rows of each row group of a file, from its footer, once its columns (those in the
+    file and those its folder names give) are checked."""
+    import pyarrow.dataset as ds
+
+    try:
+        names = fragment.physical_schema.names
+        rows = [group.num_rows for group in fragment.row_groups]
+    except Exception as e:  # pyarrow raises several untyped errors for unreadable files
+        raise SpecError(
+            f"{spec_file}: data.source: cannot read {plan.name(fragment.path)} as parquet: "
+            f"{_line(e)}"
+        ) from e
+    names = [*names, *ds.get_partition_keys(fragment.partition_expression)]
     for name in plan.columns:
         if name not in names:
             key = "data.features" if name in spec.data.features else "data.label"
             raise SpecError(
-                f"{spec_file}: {key}: column {name!r} is not in {plan.name(file)}; "
+                f"{spec_file}: {key}: column {name!r} is not in {plan.name(fragment.path)}; "
                 f"columns: {', '.join(names)}"
             )
     return rows
@@ -242,11 +257,13 @@ def read_share(plan: Plan, spec: Spec, spec_file: Path, rank: int, world: int) -
 
 
 def _read_group(plan: Plan, group: RowGroup, spec_file: Path, where: str) -> datasets.Columns:
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
-    try:
-        with plan.filesystem.open_input_file(group.file) as f:
-            table = pq.ParquetFile(f).read_row_group(group.index, columns=list(plan.columns))
+    try:  # as the driver would read it: the folder names' columns too, and the same types
+        fragment = ds.ParquetFileFormat().make_fragment(
+            group.file, plan.filesystem, group.partition, row_groups=[group.index]
+        )
+        table = fragment.to_table(schema=plan.schema, columns=list(plan.columns))
     except Exception as e:  # pyarrow raises several untyped errors for unreadable files
         raise SpecError(f"{spec_file}: data.source: cannot read {where}: {_line(e)}") from e
     try:

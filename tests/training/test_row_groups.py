@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import SpecWriter
 from training import SpecError, load_spec
+from training import data as datasets
 from training.distributed import RankFailed, _rank
 from training.preprocessing import FeatureStats, Scaler
 from training.row_groups import OwnRows, ParquetRun, held_out, load_share, plan
@@ -165,6 +166,63 @@ def test_a_column_missing_from_one_file_or_an_unreadable_file_is_one_line(
     )
     (folder / "flowers" / "part-1.parquet").write_text("not parquet\n")
     with pytest.raises(SpecError, match=r"cannot read flowers/part-1\.parquet as parquet: ") as bad:
+        work_of(folder)
+    assert "\n" not in str(bad.value)
+
+
+def hive_folder(make_spec: SpecWriter) -> Path:
+    """A model folder whose spec reads `flowers/`, Hive-partitioned: the label (`species`) and
+    one feature (`petals`, an integer) are only in the folder names."""
+    features = [*FEATURES[:3], "petals"]
+    folder = make_spec(
+        lambda s: s["data"].update(source="parquet:flowers", classes=None, features=features)
+    )
+    parts = [("versicolor", 5, 30), ("setosa", 4, 40), ("setosa", 5, 20), ("virginica", 6, 35)]
+    for number, (species, petals, rows) in enumerate(parts):
+        branch = folder / "flowers" / f"species={species}" / f"petals={petals}"
+        branch.mkdir(parents=True)
+        table = flowers(rows, number).drop(["species", "petal_width"])
+        pq.write_table(table, branch / "part-0.parquet", row_group_size=25)
+    (folder / "flowers" / "_SUCCESS").write_text("")
+    return folder
+
+
+def test_hive_partitions_are_read_by_the_ranks_as_by_the_driver(make_spec: SpecWriter):
+    """Columns that only the folder names hold come out of any number of ranks as they come
+    out of `training.data.load` (pyarrow's `read_table`): the same features, labels, classes."""
+    folder = hive_folder(make_spec)
+    work = work_of(folder)
+    driver = datasets.load(work.spec, work.spec_file)
+    assert sorted(set(driver.features[:, 3])) == [4, 5, 6]
+    held = held_out(np.arange(len(driver)), work.spec.data.seed, 0.2)
+    for world in (1, 3):
+        runs = [answer[0] for answer in ranks(work, world) if not isinstance(answer, Exception)]
+        assert len(runs) == world
+        for name, rows in (("train_set", ~held), ("val_set", held)):
+            parts = [getattr(run, name) for run in runs]
+            np.testing.assert_array_equal(
+                np.concatenate([p.features for p in parts]), driver.features[rows]
+            )
+            np.testing.assert_array_equal(
+                np.concatenate([p.labels for p in parts]), driver.labels[rows]
+            )
+        assert {tuple(run.classes or ()) for run in runs} == {tuple(driver.classes or ())}
+
+
+def test_a_partition_missing_from_one_branch_or_an_unreadable_first_file_is_one_line(
+    make_spec: SpecWriter,
+):
+    folder = hive_folder(make_spec)
+    pq.write_table(flowers(10, 9).drop(["species"]), folder / "flowers" / "part-9.parquet")
+    with pytest.raises(SpecError) as missing:
+        work_of(folder)
+    assert str(missing.value) == (
+        f"{folder / 'model.yaml'}: data.features: column 'petals' is not in "
+        "flowers/part-9.parquet; columns: sepal_length, sepal_width, petal_length, petal_width"
+    )
+    (folder / "flowers" / "part-9.parquet").unlink()
+    (folder / "flowers" / "species=setosa" / "petals=4" / "part-0.parquet").write_text("no\n")
+    with pytest.raises(SpecError, match=r"cannot read flowers as parquet: .*petals=4") as bad:
         work_of(folder)
     assert "\n" not in str(bad.value)
 
