@@ -3,9 +3,10 @@
 Sources: `builtin:drug_trial` and `builtin:iris` (made or shipped here, no download),
 `csv:<path>` and `parquet:<path>` relative to the spec file, and `spark:<table>`, a table or view
 of the Spark session's catalog. When `load` is given a Spark session, `parquet:` is read through
-Spark too (so it may name `hdfs://` or `s3a://` folders), and what Spark reads is collected to the
-driver, whose memory it must fit. (Distributed training reads Parquet in its ranks instead, a share
-each: `training.row_groups`; it uses the functions here that check and encode columns.) Every
+Spark too (so it may name `hdfs://` or `s3a://` folders), and the columns the spec reads are
+collected to the driver, whose memory they must fit. (Distributed training reads Parquet in its
+ranks instead, a share each: `training.row_groups`; it uses the functions here that check and
+encode columns.) Every
 problem with the data (a missing column, a non-numeric feature, an unknown class) is a
 `SpecError` naming the file, the spec key and what was expected.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,8 +98,14 @@ def read_source(
     base_dir: Path,
     spec_file: Path,
     spark: SparkSession | None = None,
+    *,
+    names: Sequence[str] = (),
 ) -> tuple[Columns, str]:
-    """The columns of a source, and a name for it in messages."""
+    """The columns of a source, and a name for it in messages. Given the `names` the spec
+    reads, Parquet and Spark sources read those columns only (all of them when one is missing,
+    so that the error lists what is there): a wide table costs only the columns used, and a
+    column that cannot be read but is not used (a partition whose value is null in some
+    folders, which pyarrow cannot combine) does not stop training."""
     kind, _, rest = source.partition(":")
     if kind == "builtin":
         if rest not in BUILTIN:
@@ -107,19 +115,31 @@ def read_source(
             )
         return BUILTIN[rest](seed), source
     if kind == "spark" or (kind == "parquet" and spark is not None):
-        return _read_with_spark(kind, rest, base_dir, spec_file, spark), rest
+        return _read_with_spark(kind, rest, base_dir, spec_file, spark, names=names), rest
     path = local_file(rest, base_dir, spec_file)
     try:
         import pyarrow.csv
         import pyarrow.parquet
 
-        table = pyarrow.csv.read_csv(path) if kind == "csv" else pyarrow.parquet.read_table(path)
+        table = pyarrow.csv.read_csv(path) if kind == "csv" else _read_parquet(path, names)
     except Exception as e:  # pyarrow raises several untyped errors for unreadable files
         raise SpecError(f"{spec_file}: data.source: cannot read {rest} as {kind}: {e}") from e
     try:
         return arrow_columns(table), rest
     except ValueError as e:
         raise SpecError(f"{spec_file}: data.source: {rest}: {e}") from None
+
+
+def _read_parquet(path: Path, names: Sequence[str]) -> Any:
+    import pyarrow
+    import pyarrow.parquet
+
+    if names:
+        try:
+            return pyarrow.parquet.read_table(path, columns=list(dict.fromkeys(names)))
+        except pyarrow.ArrowInvalid:  # a column is missing: read them all, to name what is there
+            pass
+    return pyarrow.parquet.read_table(path)
 
 
 def local_file(rest: str, base_dir: Path, spec_file: Path) -> Path:
@@ -165,11 +185,18 @@ def check(spec: Spec, spec_file: Path) -> None:
 
 
 def _read_with_spark(
-    kind: str, rest: str, base_dir: Path, spec_file: Path, spark: SparkSession | None
+    kind: str,
+    rest: str,
+    base_dir: Path,
+    spec_file: Path,
+    spark: SparkSession | None,
+    *,
+    names: Sequence[str] = (),
 ) -> Columns:
     """A catalog table (`spark:`) or Parquet (`parquet:`), read by Spark, collected as Arrow."""
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import AnalysisException, PySparkException
+    from pyspark.sql import functions as F
 
     from training.spark import active_session, error_line
 
@@ -182,6 +209,10 @@ def _read_with_spark(
             frame = session.table(rest)
         else:
             frame = session.read.parquet(str(local.resolve()) if local is not None else rest)
+        if names and set(names) <= set(frame.columns):  # else all: the error lists them
+            frame = frame.select(
+                *[F.col(f"`{n.replace('`', '``')}`") for n in dict.fromkeys(names)]
+            )
         return arrow_columns(frame.toArrow())
     except (PySparkException, Py4JJavaError) as e:  # a missing table, an unreadable file
         missing_table = kind == "spark" and isinstance(e, AnalysisException)
@@ -234,8 +265,9 @@ def _list_column(column: Any, name: str) -> np.ndarray:
 
 def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Dataset:
     """The spec's data set: features by name, labels encoded for its loss."""
+    names = [*spec.data.features, *label_names(spec)]
     columns, where = read_source(
-        spec.data.source, spec.data.seed, spec_file.parent, spec_file, spark
+        spec.data.source, spec.data.seed, spec_file.parent, spec_file, spark, names=names
     )
     features = features_of(spec, spec_file, columns, where)
     labels, classes = encode_labels(

@@ -227,6 +227,23 @@ def test_a_partition_missing_from_one_branch_or_an_unreadable_first_file_is_one_
     assert "\n" not in str(bad.value)
 
 
+def test_a_partition_the_spec_does_not_read_may_be_null(make_spec: SpecWriter):
+    """Spark writes a null partition value as `__HIVE_DEFAULT_PARTITION__`, which pyarrow
+    cannot read back beside the others (its dictionaries do not unify): a spec that does not
+    read that column trains on the folder all the same, on the driver and on the ranks."""
+    folder = make_spec(lambda s: s["data"].update(source="parquet:flowers", classes=None))
+    for number, day in enumerate(["1", "__HIVE_DEFAULT_PARTITION__", "2"]):
+        (folder / "flowers" / f"day={day}").mkdir(parents=True)
+        pq.write_table(flowers(30, number), folder / "flowers" / f"day={day}" / "part-0.parquet")
+    with pytest.raises(pa.ArrowInvalid, match="dictionaries with nulls"):  # every column, as
+        datasets.arrow_columns(pq.read_table(folder / "flowers"))  # the driver used to read
+    work = work_of(folder)
+    driver = datasets.load(work.spec, work.spec_file)
+    assert len(driver) == 90
+    runs = [answer[0] for answer in ranks(work, 2) if not isinstance(answer, Exception)]
+    assert sum(len(run.train_set) + len(run.val_set) for run in runs) == 90
+
+
 def test_sources_the_ranks_do_not_read_stay_with_the_driver(make_spec: SpecWriter):
     for source in ("builtin:iris", "csv:flowers.csv", "parquet:s3a://bucket/flowers"):
         folder = make_spec(lambda s, source=source: s["data"].update(source=source), name="x")
