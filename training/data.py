@@ -6,9 +6,8 @@ of the Spark session's catalog. When `load` is given a Spark session, `parquet:`
 Spark too (so it may name `hdfs://` or `s3a://` folders), and the columns the spec reads are
 collected to the driver, whose memory they must fit. (Distributed training reads Parquet in its
 ranks instead, a share each: `training.row_groups`; it uses the functions here that check and
-encode columns.) Every
-problem with the data (a missing column, a non-numeric feature, an unknown class) is a
-`SpecError` naming the file, the spec key and what was expected.
+encode columns.) Every problem with the data (a missing column, a non-numeric feature, an unknown
+class) is a `SpecError` naming the file, the spec key and what was expected.
 
 Rows are shuffled with `data.seed` before the validation split is taken from the end. Keras
 takes the last rows *without* shuffling, which on data stored in order (like the drug trial)
