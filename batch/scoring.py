@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pyarrow as pa
-from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.functions import arrow_udf
@@ -93,7 +92,7 @@ def scored_columns(df: DataFrame, spec: ScoringSpec, prefix: str) -> DataFrame:
     hidden = _hidden_names(df.columns, len(vectors))
     source = df.select(
         *[F.col(f"`{c}`") for c in df.columns],
-        *[vector_to_array(F.col(f"`{c}`")).alias(h) for c, h in zip(vectors, hidden, strict=True)],
+        *[_as_array(c).alias(h) for c, h in zip(vectors, hidden, strict=True)],
     )
     names = source.columns
     arguments = tuple(
@@ -113,6 +112,13 @@ def scored_columns(df: DataFrame, spec: ScoringSpec, prefix: str) -> DataFrame:
         types=tuple(to_arrow_type(f.dataType, prefers_large_types=large) for f in added),
     )
     return source.mapInArrow(functools.partial(score_record_batches, plan), schema)
+
+
+def _as_array(column: str) -> Column:
+    """A vector column as an array of doubles, converted in the JVM."""
+    from pyspark.ml.functions import vector_to_array  # ~0.3 s to import: only for vectors
+
+    return vector_to_array(F.col(f"`{column}`"))
 
 
 def _column_type(ddl: str, index: int | None) -> T.DataType:
