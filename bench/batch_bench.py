@@ -26,6 +26,7 @@ on the tiny data. Results replace the batch section of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -306,9 +307,8 @@ def cli_runs(model: Path, source: Path, work: Path, repeats: int) -> list[float]
         out = work / f"cli-out-{i}"
         cli = [sys.executable, "-m", "batch", "score", "--model", str(model)]
         cli += ["--input", str(source), "--output", str(out)]
-        start = time.perf_counter()
-        subprocess.run(cli, cwd=ROOT, check=True, capture_output=True, env=env)
-        seconds.append(time.perf_counter() - start)
+        options = {"cwd": ROOT, "env": env, "check": True, "capture_output": True}
+        seconds.append(timed(functools.partial(subprocess.run, cli, **options)))
         shutil.rmtree(out, ignore_errors=True)
     return seconds
 

@@ -173,8 +173,7 @@ def check(spec: Spec, spec_file: Path) -> None:
             names = pyarrow.parquet.read_schema(path).names
     except Exception as e:  # pyarrow raises several untyped errors for unreadable files
         raise SpecError(f"{spec_file}: data.source: cannot read {rest} as {kind}: {e}") from e
-    labels = [spec.data.label] if isinstance(spec.data.label, str) else spec.data.label
-    for key, wanted in (("data.features", spec.data.features), ("data.label", labels)):
+    for key, wanted in (("data.features", spec.data.features), ("data.label", label_names(spec))):
         for name in wanted:
             if name not in names:
                 raise SpecError(
@@ -264,9 +263,13 @@ def _list_column(column: Any, name: str) -> np.ndarray:
 
 def load(spec: Spec, spec_file: Path, spark: SparkSession | None = None) -> Dataset:
     """The spec's data set: features by name, labels encoded for its loss."""
-    names = [*spec.data.features, *label_names(spec)]
     columns, where = read_source(
-        spec.data.source, spec.data.seed, spec_file.parent, spec_file, spark, names=names
+        spec.data.source,
+        spec.data.seed,
+        spec_file.parent,
+        spec_file,
+        spark,
+        names=spec_columns(spec),
     )
     features = features_of(spec, spec_file, columns, where)
     labels, classes = encode_labels(
@@ -287,6 +290,11 @@ def _column(columns: Columns, name: str, key: str, where: str, spec_file: Path) 
 
 def label_names(spec: Spec) -> list[str]:
     return [spec.data.label] if isinstance(spec.data.label, str) else spec.data.label
+
+
+def spec_columns(spec: Spec) -> tuple[str, ...]:
+    """The columns a spec reads: its features, then its labels."""
+    return (*spec.data.features, *label_names(spec))
 
 
 def features_of(spec: Spec, spec_file: Path, columns: Columns, where: str) -> np.ndarray:

@@ -110,7 +110,7 @@ def plan(spec: Spec, spec_file: Path) -> Plan | None:
     if kind != "parquet" or (scheme is not None and scheme not in PYARROW_SCHEMES):
         return None
     filesystem, root = _filesystem(rest, spec_file)
-    columns = (*spec.data.features, *datasets.label_names(spec))
+    columns = datasets.spec_columns(spec)
     partial = Plan(rest, root, filesystem, None, (), columns)
     dataset = _dataset(partial, spec_file)
     groups, first = [], 0
